@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` (main job) and `make test` (test suite).
+# Both install what they need into .venv first (idempotent: a stamp file skips it next time).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.orbit-installed
+DATA   ?= data/toy
+DEMO_SOURCES := cmip_a cmip_b cmip_c
+
+.PHONY: setup demo data test bench
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned in the same command so pip never resolves another multi-GB build.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -e ".[dev]"
+	touch $(STAMP)
+
+$(DATA)/cmip_c.zarr: $(STAMP)
+	$(PY) -m orbit data synth --root $(DATA) --sources $(DEMO_SOURCES) --years 1990 1994 \
+		--train-years 1990 1993 --grid 32x64 --seed 0 --overwrite
+
+data: $(DATA)/cmip_c.zarr
+
+demo: data
+	OMP_NUM_THREADS=2 $(PY) -m orbit pretrain --config configs/pretrain/tiny.yaml data.root=$(DATA)
+
+test: setup
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+
+bench: setup
+	OMP_NUM_THREADS=2 $(PY) benchmarks/model_step.py

@@ -1,0 +1,121 @@
+"""The `orbit` command. Subcommands only parse arguments and call library functions."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _grid(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grid must look like 32x64 (lat x lon), got {text!r}") from None
+    return height, width
+
+
+def _years(values: list[int]) -> tuple[int, int]:
+    return int(values[0]), int(values[1])
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def cmd_synth(args) -> int:
+    from orbit.data.synth import synthesize
+
+    paths = synthesize(args.root, sources=args.sources, years=_years(args.years), grid=args.grid,
+                       seed=args.seed, train_years=_years(args.train_years), overwrite=args.overwrite)
+    for source, path in paths.items():
+        print(f"{source}: {path}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from orbit.data.convert import convert
+
+    path = convert(args.inputs, args.output, fmt=args.format, grid=args.grid, variables=args.variables,
+                   levels=args.levels, source=args.source,
+                   train_years=_years(args.train_years) if args.train_years else None,
+                   overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from orbit.config import load_config
+    from orbit.tasks.runner import run_training
+
+    cfg = load_config(args.config, [*args.overrides, f"task={args.command}"])
+    run_training(cfg, run_dir=args.run_dir, resume=args.resume)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from orbit.config import parse_overrides
+    from orbit.models.flops import model_info
+
+    overrides = parse_overrides(args.overrides)
+    print(json.dumps(model_info(args.model, **overrides), indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orbit", description="ORBIT Earth-system foundation models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make or convert zarr stores").add_subparsers(dest="data_command",
+                                                                                   required=True)
+    synth = data.add_parser("synth", help="generate the toy-Earth stores (no download needed)")
+    synth.add_argument("--root", default="data/toy", help="directory for <source>.zarr stores")
+    synth.add_argument("--sources", nargs="+", default=None, help="sources to generate (default: all)")
+    synth.add_argument("--years", nargs=2, type=int, default=[1990, 1996], metavar=("FIRST", "LAST"))
+    synth.add_argument("--train-years", nargs=2, type=int, default=[1990, 1994], metavar=("FIRST", "LAST"),
+                       help="years the normalization statistics and climatology are computed on")
+    synth.add_argument("--grid", type=_grid, default=(32, 64), help="lat x lon, e.g. 32x64 (up to 128x256)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--overwrite", action="store_true", help="replace existing stores")
+    synth.set_defaults(func=cmd_synth)
+
+    conv = data.add_parser("convert", help="convert CMIP6 netCDF or ERA5 zarr into an ORBIT store")
+    conv.add_argument("inputs", nargs="+", help="input files (netCDF) or one zarr store")
+    conv.add_argument("--output", required=True, help="path of the <source>.zarr store to write")
+    conv.add_argument("--format", default="auto", choices=["auto", "cmip6", "era5"])
+    conv.add_argument("--source", required=True, help="name recorded in the store, e.g. cmip6_mpi")
+    conv.add_argument("--grid", type=_grid, default=None, help="regrid to lat x lon, e.g. 32x64")
+    conv.add_argument("--variables", nargs="+", default=None)
+    conv.add_argument("--levels", nargs="+", type=int, default=None, help="pressure levels in hPa")
+    conv.add_argument("--train-years", nargs=2, type=int, default=None, metavar=("FIRST", "LAST"))
+    conv.add_argument("--overwrite", action="store_true")
+    conv.set_defaults(func=cmd_convert)
+
+    for name, text in (("pretrain", "pretrain ORBIT on the configured sources"),):
+        train = sub.add_parser(name, help=text)
+        train.add_argument("--config", required=True, help="YAML file under configs/")
+        train.add_argument("--run-dir", type=Path, default=None, help="default: runs/<name>-<time>")
+        train.add_argument("--resume", default=None, help="'auto' (newest checkpoint in the run dir) or a path")
+        train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=50")
+        train.set_defaults(func=cmd_train)
+
+    info = sub.add_parser("info", help="parameters, FLOPs and memory of a model preset (no allocation)")
+    info.add_argument("--model", required=True, help="preset name, e.g. tiny, 115m, 1b, 10b, 113b")
+    info.add_argument("overrides", nargs="*", help="preset overrides, e.g. depth=4")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"orbit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

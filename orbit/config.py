@@ -1,0 +1,237 @@
+"""Typed run configuration: nested dataclasses loaded from YAML, with dotted command-line overrides.
+
+A misspelled key is the commonest way a cluster job wastes its allocation, so every unknown key
+is an error that names the key and lists the valid ones, and every value is type-checked before
+any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALL_CHANNELS = (
+    "t2m", "u10", "v10", "tp",
+    "z500", "z850", "t500", "t850", "u500", "u850", "v500", "v850", "q500", "q850",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says which and what is valid."""
+
+
+@dataclass
+class ModelConfig:
+    """Which preset to build and which of its hyper-parameters to override (None = preset value)."""
+
+    preset: str = "tiny"
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    qk_norm: bool | None = None
+    fused_frontend: bool | None = None
+    drop_path: float | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "preset" and getattr(self, f.name) is not None}
+
+
+@dataclass
+class DataConfig:
+    """Where the stores are, which channels and leads to train on, and how years are split."""
+
+    root: str = "data/toy"
+    sources: list[str] = field(default_factory=lambda: ["cmip_a", "cmip_b", "cmip_c"])
+    channels: list[str] = field(default_factory=lambda: list(ALL_CHANNELS))
+    leads_hours: list[int] = field(default_factory=lambda: [6, 12, 24, 48, 72])
+    train_years: list[int] = field(default_factory=lambda: [1990, 1994])
+    batch_size: int = 8
+    num_workers: int = 0
+    in_memory: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of the one training loop."""
+
+    max_steps: int = 300
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 30
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    precision: str = "fp32"
+    activation_checkpointing: bool = False
+    residual: bool = True
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    ckpt_every: int = 100
+    keep_last: int = 2
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: years, leads and how many initial times to score."""
+
+    years: list[int] = field(default_factory=lambda: [1996, 1996])
+    leads_hours: list[int] = field(default_factory=lambda: [6, 24, 72])
+    stride: int = 4
+    max_samples: int = 256
+    batch_size: int = 16
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; written resolved to `<run_dir>/config.yaml`."""
+
+    name: str = "orbit"
+    task: str = "pretrain"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short stable hash of the resolved config, recorded in logs and the run directory."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks that a type check cannot express."""
+    t, d, e = cfg.train, cfg.data, cfg.eval
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision={t.precision!r} is not valid; use one of {list(PRECISIONS)}")
+    unknown = sorted(set(d.channels) - set(ALL_CHANNELS))
+    if unknown:
+        raise ConfigError(f"data.channels has unknown channels {unknown}; valid: {list(ALL_CHANNELS)}")
+    for name, years in (("data.train_years", d.train_years), ("eval.years", e.years)):
+        if len(years) != 2 or years[0] > years[1]:
+            raise ConfigError(f"{name}={years} must be [first_year, last_year] with first <= last")
+    positive = {"train.max_steps": t.max_steps, "data.batch_size": d.batch_size,
+                "train.grad_accum_steps": t.grad_accum_steps, "eval.batch_size": e.batch_size,
+                "eval.stride": e.stride, "train.log_every": t.log_every, "train.keep_last": t.keep_last}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be >= 1")
+    if not d.leads_hours or min(d.leads_hours) <= 0 or min(e.leads_hours, default=0) <= 0:
+        raise ConfigError(f"lead times must be positive hours; got data.leads_hours={d.leads_hours}, "
+                          f"eval.leads_hours={e.leads_hours}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting int->float where harmless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp in (float, str) and not isinstance(value, tp):
+        raise ConfigError(f"{key} must be a {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {names}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["train.max_steps=50", "model.embed_dim=128"]` -> nested dict; values parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or start from defaults), apply dotted overrides, return a checked RunConfig."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    tree = _merge(tree, parse_overrides(overrides or []))
+    return _build(RunConfig, tree)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

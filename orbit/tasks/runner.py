@@ -1,0 +1,83 @@
+"""Run a task end to end in a run directory: checks, config, training, summary, plots."""
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orbit import __version__
+from orbit.config import RunConfig, save_config
+from orbit.tasks import build_task
+from orbit.train import checkpoint as ckpt
+from orbit.train.logging import RunLogger, log, setup_console_logging, write_json
+from orbit.train.trainer import Trainer
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.name}-{stamp}"
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """Which checkpoint to start from; refuses to train over another run's checkpoints.
+
+    `resume` is None (fresh run), "auto" (newest complete checkpoint in the run dir, if any) or
+    a checkpoint path.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    existing = ckpt.latest_checkpoint(ckpt_dir)
+    if resume is None:
+        if existing is not None:
+            raise FileExistsError(
+                f"run directory {str(run_dir)!r} already holds checkpoint {existing.name}; pass "
+                f"--resume auto to continue that run, or choose another --run-dir")
+        return None
+    if resume == "auto":
+        return existing
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint file (or use --resume auto)")
+    return path
+
+
+def run_info(cfg: RunConfig) -> dict[str, Any]:
+    """What a person reading the run directory later needs to know about where it ran."""
+    return {
+        "orbit_version": __version__, "torch_version": torch.__version__,
+        "python": platform.python_version(), "host": socket.gethostname(),
+        "launcher": "single-process", "world_size": 1, "device": "cpu",
+        "threads": torch.get_num_threads(), "config_hash": cfg.hash(),
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def run_training(cfg: RunConfig, run_dir: Path | None = None, resume: str | None = None) -> dict[str, Any]:
+    """Train `cfg.task` and evaluate it; returns the summary that is written to summary.json."""
+    setup_console_logging()
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    start_from = resolve_resume(run_dir, resume)
+    task = build_task(cfg)  # opens and checks the data before any directory is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    info = run_info(cfg)
+    write_json(run_dir / "run_info.json", info)
+    log.info("run %s | task %s | config %s | torch %s | %s, %d threads", run_dir, cfg.task,
+             info["config_hash"], info["torch_version"], info["launcher"], info["threads"])
+
+    trainer = Trainer(task, cfg.train, run_dir)
+    if start_from is not None:
+        trainer.load(start_from)
+    log.info("model: %s parameters", f"{sum(p.numel() for p in trainer.model.parameters()):,}")
+    logger = RunLogger(run_dir, resumed_step=trainer.state.step, total_steps=cfg.train.max_steps)
+    try:
+        results = trainer.fit(logger)
+    finally:
+        logger.close()
+    summary = {"step": trainer.state.step, "config_hash": info["config_hash"], **results}
+    write_json(run_dir / "summary.json", summary)
+    task.report(summary, run_dir)
+    return summary

@@ -1,0 +1,162 @@
+"""One training loop for every model: the task supplies model, batches, loss and evaluation.
+
+The loop owns what every run needs and no task should re-implement: AdamW + warmup/cosine,
+gradient accumulation and clipping, fp32 or bf16 autocast, activation checkpointing, periodic
+evaluation, logging, and atomic checkpoints holding everything needed to continue the exact same
+run (model, optimizer, scheduler, RNG states and the loader's position).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
+from orbit.train import checkpoint as ckpt
+from orbit.train.logging import RunLogger, log
+from orbit.train.optim import build_optimizer, warmup_cosine
+
+
+class ResumableBatches(Protocol):
+    """An endless iterable of batches whose position can be saved and restored."""
+
+    def __iter__(self): ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TrainTask(Protocol):
+    """What a task gives the trainer. `loss` returns (scalar loss, number of samples in the batch)."""
+
+    def build_model(self) -> nn.Module: ...
+    def train_batches(self) -> ResumableBatches: ...
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]: ...
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; training stops instead of silently continuing."""
+
+
+class Trainer:
+    """Runs `cfg.max_steps` optimizer steps of `task`, logging to and checkpointing in `run_dir`."""
+
+    def __init__(self, task: TrainTask, cfg, run_dir: Path, device: torch.device | None = None):
+        self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
+        self.device = device or torch.device("cpu")
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        torch.manual_seed(cfg.seed)
+        self.model = task.build_model().to(self.device)
+        if cfg.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
+        self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
+        self.batches = task.train_batches()
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.state.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loader": self.batches.state_dict(),
+            "rng": ckpt.rng_state(),
+        }
+
+    def save(self) -> Path:
+        path = ckpt.checkpoint_path(self.ckpt_dir, self.state.step)
+        ckpt.atomic_torch_save(self.state_dict(), path)
+        ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def load(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batches.load_state_dict(state["loader"])
+        ckpt.set_rng_state(state["rng"])
+        self.state.step = state["step"]
+        log.info("resumed from %s at step %d", path, self.state.step)
+
+    # ------------------------------------------------------------------ loop
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _optimizer_step(self, batch_iter) -> tuple[float, float, int]:
+        """One optimizer step over `grad_accum_steps` micro-batches: (mean loss, grad norm, samples)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss, samples = 0.0, 0
+        accum = self.cfg.grad_accum_steps
+        for _ in range(accum):
+            batch = next(batch_iter)
+            with self._autocast():
+                loss, n = self.task.loss(self.model, batch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {loss.item()} at step {self.state.step + 1}; stopping")
+            (loss / accum).backward()
+            total_loss += loss.item() / accum
+            samples += n
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        return total_loss, float(grad_norm), samples
+
+    def fit(self, logger: RunLogger) -> dict[str, Any]:
+        """Train to `max_steps`; returns the final evaluation (empty if the task evaluates nothing)."""
+        cfg = self.cfg
+        batch_iter = iter(self.batches)
+        self.model.train()
+        window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+        window_steps = 0
+        while self.state.step < cfg.max_steps:
+            step_start = time.perf_counter()
+            loss, grad_norm, samples = self._optimizer_step(batch_iter)
+            self.state.step += 1
+            window_loss += loss
+            window_samples += samples
+            window_steps += 1
+            logger.advance(1, loss=loss)
+            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                logger.log_step({
+                    "step": self.state.step, "loss": window_loss / window_steps,
+                    "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                    "samples_per_s": window_samples / elapsed,
+                    "step_time_s": time.perf_counter() - step_start,
+                })
+                window_loss, window_samples, window_steps = 0.0, 0, 0
+                window_start = time.perf_counter()
+            if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < cfg.max_steps:
+                self._evaluate(logger)
+            if cfg.ckpt_every and self.state.step % cfg.ckpt_every == 0:
+                self.save()
+        if not ckpt.checkpoint_path(self.ckpt_dir, self.state.step).exists():
+            self.save()
+        return self._evaluate(logger)
+
+    def _evaluate(self, logger: RunLogger) -> dict[str, Any]:
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            results = self.task.evaluate(self.model, self.state.step)
+        self.model.train()
+        scalars = {k: v for k, v in results.get("scalars", {}).items()}
+        logger.log_scalars("eval", scalars, self.state.step)
+        return results
