@@ -55,9 +55,10 @@ def cmd_train(args) -> int:
 def cmd_info(args) -> int:
     from orbit.config import parse_overrides
     from orbit.models.flops import model_info
+    from orbit.models.registry import get_config
 
-    overrides = parse_overrides(args.overrides)
-    print(json.dumps(model_info(args.model, **overrides), indent=2))
+    config = get_config(args.model, **parse_overrides(args.overrides))
+    print(json.dumps(model_info(config), indent=2))
     return 0
 
 

@@ -1,0 +1,112 @@
+"""Held-out forecast evaluation against the two baselines every forecast must beat.
+
+Persistence (the state at init time) and climatology (the store's day-of-year x hour mean at the
+valid time) are scored with the same WeatherBench2 metrics as the model, in physical units, on
+the same (init time, lead) pairs.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from orbit.data.batch import Batch
+from orbit.data.dataset import ForecastDataset
+from orbit.data.loader import evaluation_batches
+from orbit.metrics import SkillAccumulator
+from orbit.tasks.plots import FORECASTERS, plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
+
+EXAMPLE_CHANNELS = ("t2m", "z500", "t850")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def evaluate_skill(predict: Callable[[Batch], torch.Tensor], dataset: ForecastDataset, leads_hours: list[int],
+                   *, batch_size: int, stride: int, max_samples: int) -> dict[str, Any]:
+    """RMSE and ACC of model, persistence and climatology per channel and lead.
+
+    Returns {"skill": {channel: {lead: {forecaster: {"rmse", "acc"}}}}, "scalars": flat model
+    metrics for loggers, "example": maps of one forecast for plotting}.
+    """
+    scores = {name: SkillAccumulator(dataset.channels, leads_hours) for name in FORECASTERS}
+    example: dict[str, Any] = {}
+    for batch in evaluation_batches(dataset, leads_hours, batch_size, stride, max_samples):
+        clim = dataset.target_climatology(batch)
+        forecasts = {"model": predict(batch).float(), "persistence": batch.x, "climatology": clim}
+        truth, clim_phys = batch.denormalize(batch.y), batch.denormalize(clim)
+        for name, field in forecasts.items():
+            scores[name].update(batch.denormalize(field), truth, batch.lat, batch.lead_hours,
+                                clim=clim_phys, mask=batch.mask)
+        if not example and batch.lead_hours[0].item() == max(leads_hours):
+            example = _example_maps(batch, batch.denormalize(forecasts["model"]), truth)
+    skill: dict[str, Any] = {}
+    tables = {name: (acc.rmse(), acc.acc()) for name, acc in scores.items()}
+    for j, channel in enumerate(dataset.channels):
+        skill[channel] = {
+            str(lead): {name: {"rmse": _finite_or_none(rmse[i, j].item()), "acc": _finite_or_none(acc[i, j].item())}
+                        for name, (rmse, acc) in tables.items()}
+            for i, lead in enumerate(leads_hours)
+        }
+    scalars = {k: v for k, v in scores["model"].as_dict().items() if not math.isnan(v)}
+    return {"skill": skill, "scalars": scalars, "example": example}
+
+
+def _example_maps(batch: Batch, forecast: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
+    """Input, forecast, truth and error of the first present example channel of sample 0."""
+    present = [c for c in EXAMPLE_CHANNELS if c in batch.channels and batch.mask[0, batch.channels.index(c)]]
+    if not present:
+        return {}
+    v = batch.channels.index(present[0])
+    fields = {"input": batch.denormalize(batch.x)[0, v], "forecast": forecast[0, v], "truth": truth[0, v]}
+    maps = {name: field.cpu().numpy() for name, field in fields.items()}
+    maps["error"] = maps["forecast"] - maps["truth"]
+    init = np.datetime64(int(batch.time[0]), "ns").astype("datetime64[h]")
+    return {"maps": maps, "lat": batch.lat.cpu().numpy(), "lon": batch.lon.cpu().numpy(),
+            "title": f"{present[0]} from {init} + {batch.lead_hours[0].item():g} h "
+                     f"({batch.sources[int(batch.source_index[0])]})"}
+
+
+def skill_rows(skill: dict[str, Any]) -> list[list[str]]:
+    """Rows of channel, lead, model/persistence/climatology RMSE, model/persistence ACC, verdict."""
+    rows = []
+    for channel, by_lead in skill.items():
+        for lead, scores in by_lead.items():
+            model, persistence, climatology = (scores[name] for name in FORECASTERS)
+            if model["rmse"] is None:
+                continue
+            beats = model["rmse"] < persistence["rmse"] and model["rmse"] < climatology["rmse"]
+            fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+            rows.append([channel, f"{lead} h", fmt(model["rmse"]), fmt(persistence["rmse"]),
+                         fmt(climatology["rmse"]), fmt(model["acc"]), fmt(persistence["acc"]),
+                         "yes" if beats else "no"])
+    return rows
+
+
+SKILL_HEADER = ["channel", "lead", "RMSE model", "RMSE persistence", "RMSE climatology", "ACC model",
+                "ACC persistence", "beats both"]
+
+
+def print_skill_table(skill: dict[str, Any]) -> None:
+    rows = skill_rows(skill)
+    widths = [max(len(str(r[i])) for r in [SKILL_HEADER, *rows]) for i in range(len(SKILL_HEADER))]
+    line = lambda r: "  ".join(str(v).rjust(w) for v, w in zip(r, widths))  # noqa: E731
+    print("\nHeld-out skill (latitude-weighted, physical units):")
+    print(line(SKILL_HEADER))
+    for row in rows:
+        print(line(row))
+    wins = sum(r[-1] == "yes" for r in rows)
+    print(f"model beats persistence and climatology in {wins}/{len(rows)} (channel, lead) pairs\n")
+
+
+def write_skill_figures(summary: dict[str, Any], example: dict[str, Any], run_dir: Path,
+                        channels: list[str]) -> None:
+    plot_loss_curve(run_dir)
+    plot_skill_vs_lead(summary["skill"], run_dir, channels)
+    if example:
+        plot_forecast_maps(example["maps"], example["lat"], example["lon"], example["title"],
+                           Path(run_dir) / "forecast_example.png")

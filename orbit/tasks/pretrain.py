@@ -1,0 +1,87 @@
+"""Multi-source pretraining: predict the state at a sampled lead time from the state now.
+
+Each batch may mix sources with different variable subsets: the inputs and targets live on one
+global channel list, absent channels are masked out of the model's variable aggregation and out
+of the latitude-weighted MSE loss.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from orbit.config import RunConfig
+from orbit.data.dataset import ForecastDataset
+from orbit.data.loader import ResumableLoader
+from orbit.metrics import lat_weighted_mse_loss
+from orbit.models.registry import create_model
+from orbit.tasks import register_task
+from orbit.tasks.forecast_eval import evaluate_skill, print_skill_table, write_skill_figures
+
+
+def store_paths(root: str | Path, sources: list[str]) -> dict[str, Path]:
+    """`<root>/<source>.zarr` for each source; a clear error (and the fix) if one is missing."""
+    paths = {source: Path(root) / f"{source}.zarr" for source in sources}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"data stores not found: {missing}; create the toy-Earth stores with "
+            f"`orbit data synth --root {root}` (or `make data`), or set data.root to where they are")
+    return paths
+
+
+def _year_range(years: list[int]) -> range:
+    """[first, last] inclusive, as the config writes it."""
+    return range(years[0], years[1] + 1)
+
+
+@register_task("pretrain")
+class PretrainTask:
+    """Forecast pretraining on the configured stores; evaluation on held-out years."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        data = cfg.data
+        overlap = set(range(data.train_years[0], data.train_years[1] + 1)) & set(
+            range(cfg.eval.years[0], cfg.eval.years[1] + 1))
+        if overlap:
+            raise ValueError(f"eval.years {cfg.eval.years} overlap data.train_years {data.train_years} "
+                             f"(years {sorted(overlap)}); evaluation must use held-out years")
+        stores = store_paths(data.root, data.sources)
+        self.train_set = ForecastDataset(stores, channels=data.channels, years=_year_range(data.train_years),
+                                         lead_hours=data.leads_hours, in_memory=data.in_memory)
+        self.eval_set = ForecastDataset(stores, channels=data.channels, years=_year_range(cfg.eval.years),
+                                        lead_hours=cfg.eval.leads_hours, in_memory=data.in_memory)
+        self.var_ids = torch.arange(len(data.channels))
+        self._example: dict[str, Any] = {}
+
+    def build_model(self) -> nn.Module:
+        return create_model(self.cfg.model.preset, variables=tuple(self.cfg.data.channels),
+                            img_size=(self.train_set.lat.size, self.train_set.lon.size), **self.cfg.model.overrides())
+
+    def train_batches(self) -> ResumableLoader:
+        data = self.cfg.data
+        return ResumableLoader(self.train_set, batch_size=data.batch_size, lead_hours=data.leads_hours,
+                               seed=self.cfg.train.seed, num_workers=data.num_workers)
+
+    def predict(self, model: nn.Module, batch) -> torch.Tensor:
+        """Normalized forecast (B, V, H, W); residual models predict the change from the input."""
+        out = model(batch.x, self.var_ids.to(batch.x.device), batch.lead_hours, batch.mask)
+        return batch.x + out if self.cfg.train.residual else out
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        pred = self.predict(model, batch)
+        return lat_weighted_mse_loss(pred, batch.y, batch.lat, batch.mask), len(batch)
+
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, Any]:
+        ev = self.cfg.eval
+        results = evaluate_skill(lambda batch: self.predict(model, batch), self.eval_set, ev.leads_hours,
+                                 batch_size=ev.batch_size, stride=ev.stride, max_samples=ev.max_samples)
+        self._example = results.pop("example")
+        return results
+
+    def report(self, summary: dict[str, Any], run_dir: Path) -> None:
+        print_skill_table(summary["skill"])
+        write_skill_figures(summary, self._example, run_dir, self.cfg.data.channels)
