@@ -38,7 +38,7 @@ def cmd_convert(args) -> int:
     path = convert(args.inputs, args.output, fmt=args.format, grid=args.grid, variables=args.variables,
                    levels=args.levels, source=args.source,
                    train_years=_years(args.train_years) if args.train_years else None,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, method=args.method, allow_regional=args.regional)
     print(path)
     return 0
 
@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--variables", nargs="+", default=None)
     conv.add_argument("--levels", nargs="+", type=int, default=None, help="pressure levels in hPa")
     conv.add_argument("--train-years", nargs=2, type=int, default=None, metavar=("FIRST", "LAST"))
+    conv.add_argument("--method", default="auto", choices=["auto", "bilinear", "conservative"],
+                      help="regridding; auto = conservative when coarsening, bilinear otherwise")
+    conv.add_argument("--regional", action="store_true",
+                      help="accept inputs that do not cover the globe (grid over the file's own region)")
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
 
