@@ -93,6 +93,23 @@ class EvalConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """Hybrid-STOP degrees (one may be -1 = the rest of the world) and how each axis runs."""
+
+    dp_replicate: int = 1
+    dp_shard: int = -1
+    sp: int = 1
+    tp: int = 1
+    pp: int = 1
+    pp_schedule: str = "1f1b"
+    pp_microbatches: int = 0
+    pp_stages_per_rank: int = 1
+    engine: str = "fsdp"
+    zero_stage: int = 2
+    compile: bool = False
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; written resolved to `<run_dir>/config.yaml`."""
 
@@ -102,6 +119,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -116,6 +134,8 @@ class RunConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+ENGINES = ("fsdp", "deepspeed")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -135,6 +155,13 @@ def validate(cfg: RunConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be >= 1")
+    p = cfg.parallel
+    if p.pp_schedule not in PP_SCHEDULES:
+        raise ConfigError(f"parallel.pp_schedule={p.pp_schedule!r} is not valid; use one of {list(PP_SCHEDULES)}")
+    if p.engine not in ENGINES:
+        raise ConfigError(f"parallel.engine={p.engine!r} is not valid; use one of {list(ENGINES)}")
+    if p.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"parallel.zero_stage={p.zero_stage} is not valid; use 0, 1, 2 or 3")
     if not d.leads_hours or min(d.leads_hours) <= 0 or min(e.leads_hours, default=0) <= 0:
         raise ConfigError(f"lead times must be positive hours; got data.leads_hours={d.leads_hours}, "
                           f"eval.leads_hours={e.leads_hours}")

@@ -54,31 +54,44 @@ class PretrainTask:
                                          lead_hours=data.leads_hours, in_memory=data.in_memory)
         self.eval_set = ForecastDataset(stores, channels=data.channels, years=_year_range(cfg.eval.years),
                                         lead_hours=cfg.eval.leads_hours, in_memory=data.in_memory)
-        self.var_ids = torch.arange(len(data.channels))
+        self.lat = torch.as_tensor(self.train_set.lat)
         self._example: dict[str, Any] = {}
 
     def build_model(self) -> nn.Module:
         return create_model(self.cfg.model.preset, variables=tuple(self.cfg.data.channels),
                             img_size=(self.train_set.lat.size, self.train_set.lon.size), **self.cfg.model.overrides())
 
-    def train_batches(self) -> ResumableLoader:
+    def train_batches(self, dp_rank: int, dp_size: int) -> ResumableLoader:
         data = self.cfg.data
         return ResumableLoader(self.train_set, batch_size=data.batch_size, lead_hours=data.leads_hours,
-                               seed=self.cfg.train.seed, num_workers=data.num_workers)
+                               seed=self.cfg.train.seed, rank=dp_rank, world_size=dp_size,
+                               num_workers=data.num_workers)
 
-    def predict(self, model: nn.Module, batch) -> torch.Tensor:
-        """Normalized forecast (B, V, H, W); residual models predict the change from the input."""
-        out = model(batch.x, self.var_ids.to(batch.x.device), batch.lead_hours, batch.mask)
-        return batch.x + out if self.cfg.train.residual else out
+    def model_inputs(self, batch) -> tuple:
+        """var_ids None: the inputs hold the model's whole channel vocabulary, in order."""
+        return batch.x, None, batch.lead_hours, batch.mask
 
-    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
-        pred = self.predict(model, batch)
-        return lat_weighted_mse_loss(pred, batch.y, batch.lat, batch.mask), len(batch)
+    def target(self, batch) -> torch.Tensor:
+        """What the model output is compared with: (B, V, H, W), NaN where a channel is absent.
 
-    def evaluate(self, model: nn.Module, step: int) -> dict[str, Any]:
+        Residual models predict the change from the input, so their target is y - x.
+        """
+        target = batch.y - batch.x if self.cfg.train.residual else batch.y
+        return target.masked_fill(~batch.mask[:, :, None, None], float("nan"))
+
+    def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        present = torch.isfinite(target[:, :, 0, 0])
+        return lat_weighted_mse_loss(output, torch.nan_to_num(target), self.lat, present)
+
+    def evaluate(self, engine, step: int) -> dict[str, Any]:
         ev = self.cfg.eval
-        results = evaluate_skill(lambda batch: self.predict(model, batch), self.eval_set, ev.leads_hours,
-                                 batch_size=ev.batch_size, stride=ev.stride, max_samples=ev.max_samples)
+
+        def predict(batch) -> torch.Tensor:
+            out = engine.forward(self.model_inputs(batch))
+            return batch.x + out if self.cfg.train.residual else out
+
+        results = evaluate_skill(predict, self.eval_set, ev.leads_hours, batch_size=ev.batch_size,
+                                 stride=ev.stride, max_samples=ev.max_samples)
         self._example = results.pop("example")
         return results
 

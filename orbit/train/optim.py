@@ -7,21 +7,24 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices; leave biases, norms and embeddings (1-D tensors) undecayed."""
+def param_groups(parts: list[nn.Module], weight_decay: float) -> list[dict]:
+    """Decay weight matrices; leave biases, norms and embeddings (1-D tensors) undecayed.
+
+    `parts` are the model pieces this rank holds (one module, or several pipeline stages).
+    """
     decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (decay if param.ndim >= 2 else no_decay).append(param)
+    for part in parts:
+        for param in part.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+def build_optimizer(parts: list[nn.Module], lr: float, weight_decay: float,
                     betas: tuple[float, float]) -> torch.optim.Optimizer:
     # foreach=False keeps the update order fixed, so a resumed CPU run is bitwise identical.
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, foreach=False)
+    return torch.optim.AdamW(param_groups(parts, weight_decay), lr=lr, betas=betas, foreach=False)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int,

@@ -11,12 +11,13 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
 from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
+from orbit.parallel.engine import LocalEngine
 from orbit.train import checkpoint as ckpt
 from orbit.train.logging import RunLogger, log
 from orbit.train.optim import build_optimizer, warmup_cosine
@@ -31,12 +32,15 @@ class ResumableBatches(Protocol):
 
 
 class TrainTask(Protocol):
-    """What a task gives the trainer. `loss` returns (scalar loss, number of samples in the batch)."""
+    """What a task gives the trainer: batch-first tensors only, so any parallel layout (pipeline
+    microbatches included) can split them. `evaluate` gets the engine to run forward passes."""
 
     def build_model(self) -> nn.Module: ...
-    def train_batches(self) -> ResumableBatches: ...
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]: ...
-    def evaluate(self, model: nn.Module, step: int) -> dict[str, Any]: ...
+    def train_batches(self, dp_rank: int, dp_size: int) -> ResumableBatches: ...
+    def model_inputs(self, batch: Any) -> tuple: ...
+    def target(self, batch: Any) -> torch.Tensor: ...
+    def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def evaluate(self, engine: Any, step: int) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -51,17 +55,19 @@ class NonFiniteLossError(RuntimeError):
 class Trainer:
     """Runs `cfg.max_steps` optimizer steps of `task`, logging to and checkpointing in `run_dir`."""
 
-    def __init__(self, task: TrainTask, cfg, run_dir: Path, device: torch.device | None = None):
+    def __init__(self, task: TrainTask, cfg, run_dir: Path,
+                 build_engine: Callable[[nn.Module], Any] = LocalEngine):
         self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
-        self.device = device or torch.device("cpu")
         self.ckpt_dir = self.run_dir / "checkpoints"
         torch.manual_seed(cfg.seed)
-        self.model = task.build_model().to(self.device)
+        model = task.build_model()
         if cfg.activation_checkpointing:
-            apply_activation_checkpointing(self.model)
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
+            apply_activation_checkpointing(model)
+        self.engine = build_engine(model)
+        self.model = model
+        self.optimizer = build_optimizer(self.engine.parts, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
         self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
-        self.batches = task.train_batches()
+        self.batches = task.train_batches(self.engine.dp_rank, self.engine.dp_size)
         self.state = TrainState()
 
     # ------------------------------------------------------------------ checkpoints
@@ -97,33 +103,39 @@ class Trainer:
 
     def _autocast(self):
         if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            device_type = next(iter(self.engine.parameters())).device.type
+            return torch.autocast(device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _optimizer_step(self, batch_iter) -> tuple[float, float, int]:
-        """One optimizer step over `grad_accum_steps` micro-batches: (mean loss, grad norm, samples)."""
+        """One optimizer step over `grad_accum_steps` micro-batches.
+
+        Returns (loss averaged over micro-batches and data ranks, grad norm, global samples).
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        total_loss, samples = 0.0, 0
+        total_loss = torch.zeros(())
+        samples = 0
         accum = self.cfg.grad_accum_steps
         for _ in range(accum):
             batch = next(batch_iter)
+            inputs, target = self.task.model_inputs(batch), self.task.target(batch)
             with self._autocast():
-                loss, n = self.task.loss(self.model, batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss.item()} at step {self.state.step + 1}; stopping")
-            (loss / accum).backward()
-            total_loss += loss.item() / accum
-            samples += n
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+                loss = self.engine.forward_backward(inputs, target, self.task.loss_fn, scale=1.0 / accum)
+            total_loss += loss.float().cpu() / accum
+            samples += len(target) * self.engine.dp_size
+        total_loss = self.engine.mean_over_data_ranks(total_loss)
+        if not torch.isfinite(total_loss):
+            raise NonFiniteLossError(f"loss is {total_loss.item()} at step {self.state.step + 1}; stopping")
+        grad_norm = self.engine.clip_grad_norm_(self.cfg.grad_clip or float("inf"))
         self.optimizer.step()
         self.scheduler.step()
-        return total_loss, float(grad_norm), samples
+        return total_loss.item(), grad_norm, samples
 
     def fit(self, logger: RunLogger) -> dict[str, Any]:
         """Train to `max_steps`; returns the final evaluation (empty if the task evaluates nothing)."""
         cfg = self.cfg
         batch_iter = iter(self.batches)
-        self.model.train()
+        self.engine.train()
         window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
         window_steps = 0
         while self.state.step < cfg.max_steps:
@@ -153,10 +165,10 @@ class Trainer:
         return self._evaluate(logger)
 
     def _evaluate(self, logger: RunLogger) -> dict[str, Any]:
-        self.model.eval()
+        self.engine.train(False)
         with torch.no_grad(), self._autocast():
-            results = self.task.evaluate(self.model, self.state.step)
-        self.model.train()
+            results = self.task.evaluate(self.engine, self.state.step)
+        self.engine.train(True)
         scalars = {k: v for k, v in results.get("scalars", {}).items()}
         logger.log_scalars("eval", scalars, self.state.step)
         return results

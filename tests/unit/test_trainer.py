@@ -45,22 +45,27 @@ class RegressionTask:
     def build_model(self):
         return nn.Sequential(nn.Linear(8, 32), nn.Dropout(0.1), nn.GELU(), nn.Linear(32, 1))
 
-    def train_batches(self):
+    def train_batches(self, dp_rank, dp_size):
         return ShuffledBatches()
 
-    def loss(self, model, batch):
+    def model_inputs(self, batch):
+        return (batch[0],)
+
+    def target(self, batch):
+        return batch[1]
+
+    def loss_fn(self, output, target):
         self.calls += 1
         if self.calls == self.kill_at:
             raise KeyboardInterrupt("simulated kill")
-        x, y = batch
-        loss = ((model(x) - y) ** 2).mean()
+        loss = ((output - target) ** 2).mean()
         if self.poison_at is not None and self.calls >= self.poison_at:
             loss = loss * float("nan")
-        return loss, len(x)
+        return loss
 
-    def evaluate(self, model, step):
+    def evaluate(self, engine, step):
         x, y = ShuffledBatches().x, ShuffledBatches().y
-        return {"scalars": {"mse": float(((model(x) - y) ** 2).mean())}}
+        return {"scalars": {"mse": float(((engine.forward((x,)) - y) ** 2).mean())}}
 
 
 def _train(run_dir, max_steps, resume_from=None, kill_at=None, **kw):
