@@ -93,6 +93,16 @@ def design_matrix(times: np.ndarray) -> np.ndarray:
     return np.stack(columns, axis=-1)
 
 
+def fit_harmonics(times: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients of ``values: (T, N)`` on the basis at ``times``: ``(15, N)`` float64.
+
+    6-hourly sampling cannot see the second diurnal sine (zero at 0/6/12/18 UTC); lstsq then
+    returns the minimum-norm solution, which sets that coefficient to zero.
+    """
+    coef, *_ = np.linalg.lstsq(design_matrix(times), np.asarray(values, np.float64), rcond=None)
+    return coef
+
+
 # --------------------------------------------------------------------------- channels
 def _field_names(ds: xr.Dataset) -> list[str]:
     """Data variables that are fields (have a time dim), in data_vars order."""
@@ -113,7 +123,7 @@ def _channel_map(ds: xr.Dataset) -> dict[str, tuple[str, int | None]]:
         for level in ds["level"].values:
             mapping[f"{name}{int(level)}"] = (name, int(level))
     if "channel" in ds.coords:
-        return {str(c): mapping[str(c)] for c in ds["channel"].values}
+        return {str(c): mapping[str(c)] for c in ds["channel"].values if str(c) in mapping}
     return mapping
 
 
@@ -131,13 +141,26 @@ def _resolve_channels(ds: xr.Dataset, channels: Sequence[str]) -> list[tuple[str
     return [mapping[c] for c in channels]
 
 
+def _time_index(index: int | slice | Sequence[int] | np.ndarray) -> list[int] | slice | np.ndarray:
+    """Keep the time dim for an integer; turn a run of consecutive indices into a slice, which a
+    lazily opened store reads chunk by chunk instead of point by point."""
+    if np.isscalar(index):
+        return [int(index)]
+    if isinstance(index, slice):
+        return index
+    index = np.asarray(index)
+    if index.ndim == 1 and index.size > 1 and index[0] >= 0 and np.all(np.diff(index) == 1):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
 def channel_array(ds: xr.Dataset, channels: Sequence[str],
                   time_slice_or_index: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
     """Read ``channels`` at positional time index/indices: ``(T, C, H, W)`` float32.
 
     An integer index still returns ``T = 1`` so callers always see the same layout.
     """
-    index = [time_slice_or_index] if np.isscalar(time_slice_or_index) else time_slice_or_index
+    index = _time_index(time_slice_or_index)
     out = []
     for name, level in _resolve_channels(ds, channels):
         var = ds[name].isel(time=index)
@@ -250,15 +273,14 @@ def _train_statistics(ds: xr.Dataset, time_mask: np.ndarray) -> xr.Dataset:
     """norm_mean/norm_std (channel,) and clim_coef (channel, harmonic, lat, lon), channel by
     channel so memory stays at one channel of the training period."""
     channels = _channel_map(ds)
-    basis = design_matrix(ds["time"].values[time_mask])
+    times = ds["time"].values[time_mask]
     shape = (ds.sizes["lat"], ds.sizes["lon"])
     means, stds, coefs = [], [], []
     for name, level in channels.values():
         values = _channel_values(ds, name, level, time_mask)
         means.append(values.mean())
         stds.append(max(values.std(), STD_FLOOR))
-        coef, *_ = np.linalg.lstsq(basis, values, rcond=None)
-        coefs.append(coef.reshape(len(HARMONICS), *shape))
+        coefs.append(fit_harmonics(times, values).reshape(len(HARMONICS), *shape))
     coords = {"channel": list(channels), "harmonic": list(HARMONICS)}
     return xr.Dataset(
         {
