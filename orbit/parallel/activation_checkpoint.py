@@ -13,11 +13,14 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute each of `model.blocks` in backward; returns how many blocks were wrapped."""
+    """Recompute each of `model.blocks` in backward; returns how many blocks were wrapped.
+
+    `blocks` may be a ModuleList (whole model) or a ModuleDict (a pipeline stage).
+    """
     blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise ValueError(f"activation checkpointing needs `model.blocks` (an nn.ModuleList); "
+    if not isinstance(blocks, (nn.ModuleList, nn.ModuleDict)):
+        raise ValueError(f"activation checkpointing needs `model.blocks` (a ModuleList or ModuleDict); "
                          f"{type(model).__name__} has none")
-    for index, block in enumerate(blocks):
-        blocks[index] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    for name, block in list(blocks.named_children()):
+        blocks.register_module(name, checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
     return len(blocks)
