@@ -88,9 +88,7 @@ class OrbitStage(nn.Module):
         the others: tokens (B, L, D). Returns tokens (B, L, D), or fields (B, V_out, H, W) from the
         last stage, contiguous because gloo refuses to send strided views.
         """
-        if self.is_first:
-            if var_ids is None:  # batch-first inputs: x holds the whole vocabulary in order
-                var_ids = torch.arange(len(self.config.variables), device=x.device)
+        if self.is_first:  # var_ids None: x holds the whole vocabulary in order
             tokens = self.embed(x, var_ids, lead_hours, var_mask)
         for block in self.blocks.values():
             tokens = block(tokens)
