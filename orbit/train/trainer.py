@@ -56,13 +56,16 @@ class Trainer:
     """Runs `cfg.max_steps` optimizer steps of `task`, logging to and checkpointing in `run_dir`."""
 
     def __init__(self, task: TrainTask, cfg, run_dir: Path,
-                 build_engine: Callable[[nn.Module], Any] = LocalEngine):
+                 build_engine: Callable[[nn.Module], Any] | None = None):
+        """`build_engine(model)` places the model on this rank's layout (default: one process)."""
         self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         torch.manual_seed(cfg.seed)
         model = task.build_model()
-        if cfg.activation_checkpointing:
-            apply_activation_checkpointing(model)
+        if build_engine is None:
+            if cfg.activation_checkpointing:
+                apply_activation_checkpointing(model)
+            build_engine = LocalEngine
         self.engine = build_engine(model)
         self.model = model
         self.optimizer = build_optimizer(self.engine.parts, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
