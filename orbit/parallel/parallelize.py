@@ -1,0 +1,150 @@
+"""Apply Hybrid-STOP to a model in one fixed order and drive it for the trainer.
+
+Order (as torchtitan's `parallelize`): pipeline split -> tensor parallel -> sequence parallel ->
+activation checkpointing -> compile -> FSDP. Each step works on the stage modules the previous
+one produced, so any subset of axes composes; the trainer only ever sees `ParallelEngine`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
+from orbit.parallel.engine import LocalEngine, LossFn
+from orbit.parallel.mesh import ParallelDims, parallel_dims_from
+from orbit.parallel.pipeline import build_schedule, pipeline_forward, pipeline_step, split_model
+from orbit.parallel.sequence import apply_sequence_parallel
+from orbit.parallel.sharding import apply_fsdp
+from orbit.parallel.tensor import apply_tensor_parallel
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def validate_layout(model: nn.Module, dims: ParallelDims, parallel_cfg, batch_size: int) -> None:
+    """Errors a user can fix in the config, raised before any collective is issued."""
+    cfg = model.config
+    problems = []
+    if cfg.num_heads % (dims.tp * dims.sp):
+        problems.append(f"num_heads={cfg.num_heads} is not divisible by tp*sp={dims.tp * dims.sp} "
+                        f"(tensor parallel splits whole heads, Ulysses splits the local heads across sp)")
+    if cfg.agg_heads % dims.tp:
+        problems.append(f"agg_heads={cfg.agg_heads} is not divisible by tp={dims.tp}")
+    if cfg.num_tokens % dims.sp:
+        problems.append(f"{cfg.num_tokens} spatial tokens are not divisible by sp={dims.sp}")
+    stages = dims.pp * parallel_cfg.pp_stages_per_rank
+    if dims.pp > 1:
+        if cfg.depth < stages:
+            problems.append(f"depth={cfg.depth} blocks are fewer than the {stages} pipeline stages")
+        microbatches = parallel_cfg.pp_microbatches or stages
+        if microbatches < stages:
+            problems.append(f"pp_microbatches={microbatches} is fewer than the {stages} pipeline stages")
+        if batch_size % microbatches:
+            problems.append(f"data.batch_size={batch_size} per data rank is not divisible by "
+                            f"pp_microbatches={microbatches}")
+    if problems:
+        raise ValueError("invalid parallel layout " + str(dims.degrees) + ": " + "; ".join(problems))
+
+
+class ParallelEngine:
+    """This rank's share of the model on a named mesh, and how to run a step on it."""
+
+    distributed = True
+
+    def __init__(self, model: nn.Module, dims: ParallelDims, parallel_cfg, *, loss_fn: LossFn,
+                 precision: str, activation_checkpointing: bool, device_type: str = "cpu"):
+        self.dims = dims
+        self.mesh = mesh = dims.build_mesh(device_type)
+        self.dp_rank, self.dp_size = mesh["dp"].get_local_rank(), dims.dp
+        self.is_main = dist.get_rank() == 0
+        parts = split_model(model, mesh["pp"], stages_per_rank=parallel_cfg.pp_stages_per_rank) \
+            if dims.pp > 1 else [model]
+        for part in parts:
+            if dims.tp > 1:
+                apply_tensor_parallel(part, mesh["tp"])
+            if dims.sp > 1:
+                apply_sequence_parallel(part, mesh["sp"])
+            if activation_checkpointing:
+                apply_activation_checkpointing(part)
+            if parallel_cfg.compile:
+                for block in (part.blocks.values() if isinstance(part.blocks, nn.ModuleDict) else part.blocks):
+                    block.compile()
+        if mesh["dp_replicate", "dp_shard_sp"].size() > 1:
+            apply_fsdp(parts, mesh, dims, param_dtype=torch.bfloat16 if precision == "bf16" else None)
+        self.parts = parts
+        self.pipeline = None
+        if dims.pp > 1:
+            microbatches = parallel_cfg.pp_microbatches or dims.pp * parallel_cfg.pp_stages_per_rank
+            self.pipeline = build_schedule(parts, mesh["pp"], schedule=parallel_cfg.pp_schedule,
+                                           microbatches=microbatches, loss_fn=loss_fn)
+        self.loss_fn = loss_fn
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for part in self.parts:
+            yield from part.parameters()
+
+    def train(self, mode: bool = True) -> None:
+        for part in self.parts:
+            part.train(mode)
+
+    def forward_backward(self, inputs: tuple, target: torch.Tensor, loss_fn: LossFn, scale: float = 1.0) -> torch.Tensor:
+        if self.pipeline is not None:
+            return pipeline_step(self.pipeline, self.mesh["pp"], inputs, target, scale=scale)
+        loss = loss_fn(self.parts[0](*inputs), target)
+        (loss * scale).backward()
+        return loss.detach()
+
+    def forward(self, inputs: tuple) -> torch.Tensor:
+        if self.pipeline is not None:
+            return pipeline_forward(self.parts, self.mesh["pp"], inputs)
+        return self.parts[0](*inputs)
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        """Global gradient norm over every shard and stage, then clip (as torchtitan does)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        if self.dims.pp > 1:
+            squared = norm.pow(2)
+            dist.all_reduce(squared, group=self.mesh["pp"].get_group())
+            norm = squared.sqrt()
+        torch.nn.utils.clip_grads_with_norm_(list(self.parameters()), max_norm, norm)
+        return float(norm)
+
+    def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.AVG, group=self.mesh["dp"].get_group())
+        return value
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded parameters by the plain model's names, on every rank (tests, export)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+        local: dict[str, torch.Tensor] = {}
+        for part in self.parts:
+            local.update(get_model_state_dict(part, options=options))
+        if self.dims.pp == 1:
+            return local
+        gathered: list[dict] = [None] * self.dims.pp  # type: ignore[list-item]
+        dist.all_gather_object(gathered, local, group=self.mesh["pp"].get_group())
+        return {k: v for shard in gathered for k, v in shard.items()}
+
+
+def build_engine(model: nn.Module, parallel_cfg, *, loss_fn: LossFn, precision: str,
+                 activation_checkpointing: bool, batch_size: int):
+    """LocalEngine for one process, ParallelEngine on a mesh otherwise."""
+    size = world_size()
+    dims = parallel_dims_from(parallel_cfg, size)
+    if size == 1:
+        if activation_checkpointing:
+            apply_activation_checkpointing(model)
+        return LocalEngine(model)
+    validate_layout(model, dims, parallel_cfg, batch_size)
+    return ParallelEngine(model, dims, parallel_cfg, loss_fn=loss_fn, precision=precision,
+                          activation_checkpointing=activation_checkpointing)
