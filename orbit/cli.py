@@ -47,8 +47,14 @@ def cmd_train(args) -> int:
     from orbit.config import load_config
     from orbit.tasks.runner import run_training
 
+    import torch.distributed as dist
+
     cfg = load_config(args.config, [*args.overrides, f"task={args.command}"])
-    run_training(cfg, run_dir=args.run_dir, resume=args.resume)
+    try:
+        run_training(cfg, run_dir=args.run_dir, resume=args.resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

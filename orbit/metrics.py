@@ -76,16 +76,19 @@ def weighted_mse(pred: Tensor, target: Tensor, lat: Tensor, mask: Tensor | None 
 
 
 def lat_weighted_mse_loss(pred: Tensor, target: Tensor, lat: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Training loss: mean of MSE_{b,v} over the present (sample, channel) pairs -> scalar.
+    """Training loss: per sample, the mean of MSE_{b,v} over its present channels; then the mean
+    over samples -> scalar.
 
-    Every present channel of every sample counts equally, so a source with fewer channels
-    does not weigh more per channel. pred, target: (B, V, H, W); mask: (B, V) bool or None.
-    A mask with nothing present gives 0 (no host sync to check it on the training path).
+    Every sample weighs the same whatever its source's channel count, so the mean of equal-sized
+    local batches (data-parallel ranks, pipeline microbatches) equals the global batch's loss
+    exactly. pred, target: (B, V, H, W); mask: (B, V) bool or None. A sample with no channel
+    present contributes 0 (no host sync to check it on the training path).
     """
     mse = weighted_mse(pred, target, lat, mask)
     if mask is None:
         return mse.mean()
-    return mse.sum() / mask.to(mse.device).sum().clamp_min(1)
+    per_sample = mse.sum(dim=1) / mask.to(mse.device).sum(dim=1).clamp_min(1)
+    return per_sample.mean()
 
 
 def rmse(pred: Tensor, target: Tensor, lat: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
+from orbit.parallel.checkpoint import load_distributed, save_distributed
 from orbit.parallel.engine import LocalEngine
 from orbit.train import checkpoint as ckpt
 from orbit.train.logging import RunLogger, log
@@ -67,7 +68,6 @@ class Trainer:
                 apply_activation_checkpointing(model)
             build_engine = LocalEngine
         self.engine = build_engine(model)
-        self.model = model
         self.optimizer = build_optimizer(self.engine.parts, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
         self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
         self.batches = task.train_batches(self.engine.dp_rank, self.engine.dp_size)
@@ -75,27 +75,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.state.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "loader": self.batches.state_dict(),
-            "rng": ckpt.rng_state(),
-        }
+    def _replicated_state(self) -> dict[str, Any]:
+        """Small state, the same on every rank, saved beside the sharded model and optimizer."""
+        return {"step": self.state.step, "scheduler": self.scheduler.state_dict(),
+                "loader": self.batches.state_dict(), "rng": ckpt.rng_state()}
 
     def save(self) -> Path:
+        """Collective: every rank writes its shards; the directory appears only when complete."""
         path = ckpt.checkpoint_path(self.ckpt_dir, self.state.step)
-        ckpt.atomic_torch_save(self.state_dict(), path)
-        ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
-        log.info("saved checkpoint %s", path)
+        save_distributed(path, self.engine.parts, self.optimizer, self._replicated_state())
+        if self.engine.is_main:
+            ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+            log.info("saved checkpoint %s", path)
         return path
 
     def load(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Collective: resume from a checkpoint written on any layout."""
+        state = load_distributed(path, self.engine.parts, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.batches.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])

@@ -79,7 +79,7 @@ def test_masked_channels_are_left_out():
     pred[0, 1] = 2.0
     mask = torch.tensor([[True, True], [True, False]])
     torch.testing.assert_close(weighted_mse(pred, target, LAT, mask), torch.tensor([[1.0, 4.0], [1.0, 0.0]]))
-    assert lat_weighted_mse_loss(pred, target, LAT, mask).item() == pytest.approx((1 + 4 + 1) / 3)
+    assert lat_weighted_mse_loss(pred, target, LAT, mask).item() == pytest.approx(((1 + 4) / 2 + 1) / 2)
     torch.testing.assert_close(rmse(pred, target, LAT, mask), torch.tensor([1.0, 2.0]))
     assert lat_weighted_mse_loss(pred, target, LAT).item() == pytest.approx((1 + 4 + 1 + 1e4) / 4)
 

@@ -1,0 +1,221 @@
+"""Distributed checkpoints that load onto any parallel layout (torch.distributed.checkpoint, DCP).
+
+A checkpoint is a directory: DCP shards (every rank writes its own part of the model and of the
+optimizer state) plus `extra.pt` (small replicated state written by rank 0: step, scheduler,
+loader position, RNG). Keys are the fully qualified names of the plain single-process model
+(`blocks.3.attn.q_proj.weight`; FSDP, activation-checkpoint and torch.compile prefixes are dropped
+by torch's state-dict helpers) and optimizer state is keyed by those names too
+(`state.<fqn>.exp_avg`, flattened), so a checkpoint written on (tp=2, dp_shard=2) loads on
+(pp=2, sp=2), on another FSDP layout or into one process: DCP reshards each tensor on load, and a
+pipeline rank asks only for the keys its stage modules hold.
+
+Atomicity: everything is written to `<path>.tmp-<id>` and rank 0 renames it to `<path>` after all
+ranks finished (a barrier). A kill at any moment leaves either the previous state or a `*.tmp-*`
+directory, never a directory named like a complete checkpoint. Leftover `*.tmp-*` are garbage.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+EXTRA_FILE = "extra.pt"
+METADATA_FILE = ".metadata"  # DCP's index, written last by the coordinating rank
+_OPTIMIZER_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _is_rank0() -> bool:
+    return not _distributed() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+@contextmanager
+def _single_process_is_intended():
+    """DCP warns whenever it runs without a process group, even when asked to (`no_dist=True`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is (disabled, )?unavailable or uninitialized")
+        yield
+
+
+# --- model parts <-> one module with plain FQNs -----------------------------------------------------
+# torch's helpers take one module, and one optimizer may span several pipeline stages. The parts sit
+# in an nn.ModuleList, which prefixes each key with the part's index; parts hold disjoint original
+# names, so the prefix is dropped on the way out and restored on the way in.
+
+def _strip_part_index(state: dict[str, Any], optimizer_keys: bool = False) -> dict[str, Any]:
+    """'3.blocks.1.x' -> 'blocks.1.x' (model); with `optimizer_keys` (flattened optimizer state,
+    '<section>.<part>.<fqn>.<name>'): 'state.3.blocks.1.x.exp_avg' -> 'state.blocks.1.x.exp_avg'."""
+    out = {}
+    for key, value in state.items():
+        if not optimizer_keys:
+            _, name = key.split(".", 1)
+        else:
+            head, _, name = key.split(".", 2)
+            name = f"{head}.{name}"
+        if name in out:
+            raise ValueError(f"two model parts both hold {name!r}; parts must hold disjoint parameters")
+        out[name] = value
+    return out
+
+
+def _part_index_of(parts: nn.ModuleList) -> dict[str, str]:
+    """Plain FQN -> the same key with its part index, for every parameter/buffer of the parts."""
+    return {key.split(".", 1)[1]: key for key in get_model_state_dict(parts)}
+
+
+def _model_state(parts: nn.ModuleList) -> dict[str, Any]:
+    return _strip_part_index(get_model_state_dict(parts))
+
+
+def _optimizer_state(parts: nn.ModuleList, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    state = get_optimizer_state_dict(parts, optimizer, options=_OPTIMIZER_OPTIONS)
+    return _strip_part_index(state, optimizer_keys=True)
+
+
+def _with_part_index(state: dict[str, Any], index_of: dict[str, str], optimizer_keys: bool = False) -> dict[str, Any]:
+    """The inverse of `_strip_part_index`, given `_part_index_of` the same parts."""
+    if not optimizer_keys:
+        return {index_of[key]: value for key, value in state.items()}
+    out = {}
+    for key, value in state.items():
+        head, name = key.split(".", 1)
+        fqn = next(fqn for fqn in _fqn_prefixes(name) if fqn in index_of)
+        out[f"{head}.{index_of[fqn]}{name[len(fqn):]}"] = value
+    return out
+
+
+def _fqn_prefixes(name: str) -> list[str]:
+    """'blocks.0.norm1.weight.exp_avg' -> longest dotted prefixes first (the FQN is one of them)."""
+    pieces = name.split(".")
+    return [".".join(pieces[:n]) for n in range(len(pieces) - 1, 0, -1)]
+
+
+# --- save / load ----------------------------------------------------------------------------------
+
+def _shared_tmp_path(path: Path) -> Path:
+    token = [uuid.uuid4().hex[:12]]
+    if _distributed():
+        dist.broadcast_object_list(token, src=0)
+    return path.with_name(f"{path.name}.tmp-{token[0]}")
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Atomically give the finished directory its final name (replacing an older one of that name)."""
+    if path.exists():
+        old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:12]}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+
+
+def save_distributed(path: str | os.PathLike, model_parts: list[nn.Module], optimizer: torch.optim.Optimizer,
+                     extra: dict[str, Any]) -> Path:
+    """Collective: every rank writes its shards of the model parts and optimizer into `path`.
+
+    `model_parts` are this rank's modules (the model, or its pipeline stages) after any
+    parallelization; `extra` is small state, the same on every rank, saved by rank 0.
+    """
+    path = Path(path)
+    parts = nn.ModuleList(model_parts)
+    state = {"model": _model_state(parts), "optimizer": _optimizer_state(parts, optimizer)}
+    tmp = _shared_tmp_path(path)
+    if _is_rank0():
+        tmp.mkdir(parents=True)
+    _barrier()
+    with _single_process_is_intended():
+        dcp.save(state, checkpoint_id=tmp, no_dist=not _distributed())
+    if _is_rank0():
+        torch.save(extra, tmp / EXTRA_FILE)
+    _barrier()  # every rank's shards and DCP's metadata are on disk
+    if _is_rank0():
+        _publish(tmp, path)
+    _barrier()  # nobody reads `path` before it exists
+    return path
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / METADATA_FILE).is_file() and (path / EXTRA_FILE).is_file()
+
+
+def _require_complete(path: Path) -> None:
+    if not is_complete(path):
+        raise FileNotFoundError(f"{str(path)!r} is not a complete distributed checkpoint (a directory with "
+                                f"{METADATA_FILE} and {EXTRA_FILE}, as written by save_distributed)")
+
+
+def load_distributed(path: str | os.PathLike, model_parts: list[nn.Module],
+                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Collective: fill this rank's model parts (and optimizer) from `path`, whatever layout wrote it.
+
+    Build and parallelize the model and the optimizer first, exactly as for a fresh run; each rank
+    reads only the pieces it holds. Returns the `extra` dict given to `save_distributed`.
+    """
+    path = Path(path)
+    _require_complete(path)
+    parts = nn.ModuleList(model_parts)
+    index_of = _part_index_of(parts)
+    state = {"model": _model_state(parts)}
+    if optimizer is not None:
+        state["optimizer"] = _optimizer_state(parts, optimizer)
+    with _single_process_is_intended():  # in place; non-tensor entries (param-group floats) are replaced
+        dcp.load(state, checkpoint_id=path, no_dist=not _distributed())
+    set_model_state_dict(parts, _with_part_index(state["model"], index_of))
+    if optimizer is not None:
+        set_optimizer_state_dict(parts, optimizer, _with_part_index(state["optimizer"], index_of, optimizer_keys=True),
+                                 options=_OPTIMIZER_OPTIONS)
+    return torch.load(path / EXTRA_FILE, weights_only=False)
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+def consolidate(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The full (unsharded) model state dict stored in a distributed checkpoint, read in this process
+    alone (no process group needed): keys match `OrbitViT.state_dict()`."""
+    path = Path(path)
+    _require_complete(path)
+    metadata = FileSystemReader(path).read_metadata()
+    model = {}
+    for key, meta in metadata.state_dict_metadata.items():
+        if key.startswith("model.") and isinstance(meta, TensorStorageMetadata):
+            model[key.removeprefix("model.")] = torch.empty(meta.size, dtype=meta.properties.dtype)
+    with _single_process_is_intended():
+        dcp.load({"model": model}, checkpoint_id=path, no_dist=True)
+    return model
+
+
+def export_single_file(path: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+    """Write the model of a distributed checkpoint as one `torch.save` file, for inference and
+    fine-tuning: `OrbitViT.load_state_dict(torch.load(out_file))`. Run on one process."""
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(consolidate(path), out_file)
+    return out_file

@@ -1,0 +1,225 @@
+"""Sharded data parallelism: FSDP2 / HSDP over the mesh's data axes, or DeepSpeed ZeRO.
+
+FSDP2 (`fully_shard`) is the default engine: it composes with DTensor tensor parallelism on the
+"tp" axis and with pipeline stages (each rank shards only its stage modules), and it performs the
+gradient-sync rule of the engine contract by itself: gradients are averaged over "dp_shard_sp"
+(and over "dp_replicate" when HSDP replicates shard groups).
+
+DeepSpeed ZeRO is offered for pure data-parallel layouts only (`parallel.engine: deepspeed`): its
+engine owns the model, the optimizer step and gradient clipping, so it cannot be stacked with
+our TP/SP/PP modules. `ZeroEngine` adapts it to the trainer's engine interface.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from orbit.models.layers import Block
+
+from .mesh import ParallelDims
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Attributes under which torch's wrappers keep the module they wrap (activation checkpointing,
+# torch.compile). A wrapper around a `Block` is sharded as the unit, so its forward is the one hooked.
+_WRAPPED_ATTRS = ("_checkpoint_wrapped_module", "_orig_mod")
+
+
+def data_parallel_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:
+    """The mesh FSDP shards over: 1-D "dp_shard_sp", or 2-D ("dp_replicate", "dp_shard_sp") for HSDP."""
+    if dims.dp_replicate > 1:
+        return mesh["dp_replicate", "dp_shard_sp"]
+    return mesh["dp_shard_sp"]
+
+
+def _is_block(module: nn.Module) -> bool:
+    """A `Block`, or a chain of wrappers around one."""
+    while not isinstance(module, Block):
+        inner = [getattr(module, a) for a in _WRAPPED_ATTRS if isinstance(getattr(module, a, None), nn.Module)]
+        if not inner:
+            return False
+        module = inner[0]
+    return True
+
+
+def transformer_blocks(module: nn.Module) -> list[nn.Module]:
+    """The outermost module of every `Block` in `module` (a wrapper counts as the block), in order."""
+    found = []
+    for child in module.children():
+        found.extend([child] if _is_block(child) else transformer_blocks(child))
+    return found
+
+
+def apply_fsdp(modules: list[nn.Module], mesh: DeviceMesh, dims: ParallelDims, *,
+               param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = torch.float32,
+               reshard_after_forward: bool = True) -> bool:
+    """Shard each transformer block, then each module root, over the data-parallel mesh (in place).
+
+    `modules` are this rank's model parts (the whole model, or its pipeline stages), possibly with
+    DTensor TP parameters on the "tp" axis already. Blocks are separate units so only one block's
+    full parameters exist at a time; the root unit holds the rest (embeddings, aggregation, head).
+    `param_dtype=torch.bfloat16` computes in bf16 from fp32 master shards; gradients are reduced
+    in `reduce_dtype`. `reshard_after_forward=False` keeps blocks gathered between forward and
+    backward (fewer all-gathers, e.g. across pipeline microbatches, at the cost of memory).
+    Returns False (nothing done) when the data-parallel mesh has a single rank.
+    """
+    dp_mesh = data_parallel_mesh(mesh, dims)
+    if dp_mesh.size() == 1:
+        return False
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for module in modules:
+        for block in transformer_blocks(module):
+            fully_shard(block, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        fully_shard(module, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    return True
+
+
+# ---------------------------------------------------------------------------------- DeepSpeed ZeRO
+
+def check_deepspeed_layout(dims: ParallelDims) -> None:
+    """DeepSpeed ZeRO shards over every rank as one data-parallel group: no other axis may be on."""
+    others = {axis: getattr(dims, axis) for axis in ("pp", "dp_replicate", "sp", "tp") if getattr(dims, axis) > 1}
+    if others:
+        raise ValueError(
+            f"parallel.engine 'deepspeed' supports pure data-parallel layouts only, i.e. dp_shard = world size "
+            f"({dims.world_size}) with pp = dp_replicate = sp = tp = 1; got {others}. Use parallel.engine 'fsdp' "
+            "for tensor, sequence or pipeline parallelism and for HSDP (dp_replicate > 1)")
+
+
+def deepspeed_config(*, zero_stage: int, grad_clip: float, bf16: bool, micro_batch_size: int,
+                     world_size: int, grad_accum_steps: int = 1) -> dict[str, Any]:
+    """The DeepSpeed config dict; every setting we rely on is explicit (its defaults are GPU-minded)."""
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage!r}")
+    if grad_clip < 0:
+        raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {grad_clip}")
+    for name, value in (("micro_batch_size", micro_batch_size), ("grad_accum_steps", grad_accum_steps)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
+        "gradient_clipping": float(grad_clip),  # DeepSpeed's default would be 1.0
+        # ZeRO-3 keeps parameters under 1e5 elements whole by default; a small model would then not be
+        # sharded at all, and (DeepSpeed 0.19.8) reloading its ZeRO-3 checkpoint broke the backward pass.
+        "zero_optimization": {"stage": zero_stage, "stage3_param_persistence_threshold": 0},
+        "bf16": {"enabled": bool(bf16)},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,  # a plain torch AdamW: no JIT-compiled CPU Adam kernel
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+class ZeroEngine:
+    """A DeepSpeed ZeRO engine behind the trainer's engine interface (see orbit/parallel/engine.py).
+
+    Per optimizer step the trainer calls `forward_backward` `grad_accum_steps` times, then `step()`
+    (which clips, applies the optimizer and zeroes gradients inside DeepSpeed) instead of
+    `clip_grad_norm_` + `optimizer.step()`. An LR scheduler built on the torch optimizer passed in
+    keeps working (ZeRO steps that same optimizer on its flat partitions).
+    """
+
+    distributed = True
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.model = engine.module
+        self.parts = [engine.module]
+        self.dp_rank = dist.get_rank()  # every rank is a data-parallel replica (check_deepspeed_layout)
+        self.dp_size = dist.get_world_size()
+        self.is_main = self.dp_rank == 0
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def forward(self, inputs: tuple) -> torch.Tensor:
+        return self.engine(*inputs)
+
+    def forward_backward(self, inputs: tuple, target: torch.Tensor, loss_fn: LossFn,
+                         scale: float | None = None) -> torch.Tensor:
+        """Loss of the local micro-batch (detached). DeepSpeed divides the loss by its
+        `gradient_accumulation_steps` itself, so `scale`, if given, must equal 1 / that count."""
+        accum = self.engine.gradient_accumulation_steps()
+        if scale is not None and abs(scale * accum - 1.0) > 1e-12:
+            raise ValueError(f"DeepSpeed scales each micro-batch loss by 1/gradient_accumulation_steps = 1/{accum}; "
+                             f"got scale {scale}. Build the engine with grad_accum_steps = 1/scale")
+        loss = loss_fn(self.engine(*inputs), target)
+        self.engine.backward(loss)
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()  # DeepSpeed's protocol: a step per micro-batch, applied at the boundary only
+        return loss.detach()
+
+    def step(self) -> float:
+        """Clip, update and zero the gradients; returns the global gradient norm before clipping."""
+        if not self.engine.is_gradient_accumulation_boundary():
+            raise RuntimeError("ZeroEngine.step() called before the last micro-batch of the accumulation window")
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.AVG)
+        return value
+
+    def sum_over_data_ranks_(self, value: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(value)
+        return value
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The plain model state dict (FQNs of the unwrapped model) on every rank; ZeRO-3 gathers
+        each partitioned parameter collectively, so all ranks must call this."""
+        if self.engine.zero_optimization_stage() < 3:
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        from deepspeed import zero
+
+        with zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def save(self, path: str | os.PathLike, extra: dict[str, Any]) -> None:
+        """DeepSpeed's own sharded checkpoint (same world size to resume); `extra` rides along."""
+        self.engine.save_checkpoint(str(path), tag="state", client_state={"extra": extra})
+
+    def load(self, path: str | os.PathLike) -> dict[str, Any]:
+        _, client_state = self.engine.load_checkpoint(str(path), tag="state")
+        return client_state["extra"]
+
+    def close(self) -> None:
+        """Release DeepSpeed's hooks and buffers (needed before another ZeRO-3 engine in this process)."""
+        self.engine.destroy()
+
+
+def build_deepspeed_engine(model: nn.Module, optimizer: torch.optim.Optimizer, dims: ParallelDims, *,
+                           zero_stage: int, grad_clip: float, bf16: bool = False, micro_batch_size: int,
+                           grad_accum_steps: int = 1) -> ZeroEngine:
+    """Wrap `model` + a torch `optimizer` (built on `model`'s parameters) in DeepSpeed ZeRO.
+
+    Needs an initialized default process group (gloo on CPU; without CUDA `DS_ACCELERATOR` defaults
+    to cpu); every rank is one data-parallel replica. `grad_clip=0` disables clipping. The first
+    call on a machine JIT-compiles DeepSpeed's shared-memory comm op (~30 s on an idle 2-core CPU,
+    cached in ~/.cache/torch_extensions).
+    """
+    check_deepspeed_layout(dims)
+    if dist.is_initialized() and dist.get_world_size() != dims.world_size:
+        raise ValueError(f"ParallelDims is for world size {dims.world_size}, but the process group has "
+                         f"{dist.get_world_size()} ranks")
+    config = deepspeed_config(zero_stage=zero_stage, grad_clip=grad_clip, bf16=bf16, micro_batch_size=micro_batch_size,
+                              world_size=dims.world_size, grad_accum_steps=grad_accum_steps)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is first imported
+    import deepspeed  # optional dependency (`pip install orbit[deepspeed]`), slow to import
+
+    deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else "gloo")
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return ZeroEngine(engine)
