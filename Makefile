@@ -19,8 +19,8 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 $(DATA)/cmip_c.zarr: $(STAMP)
-	$(PY) -m orbit data synth --root $(DATA) --sources $(DEMO_SOURCES) --years 1990 1994 \
-		--train-years 1990 1993 --grid 32x64 --seed 0 --overwrite
+	$(PY) -m orbit data synth --root $(DATA) --sources $(DEMO_SOURCES) --years 1990 1993 \
+		--train-years 1990 1992 --grid 32x64 --seed 0 --overwrite
 
 data: $(DATA)/cmip_c.zarr
 

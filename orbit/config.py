@@ -57,6 +57,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 0
     in_memory: bool = True
+    solar_forcing: bool = True
 
 
 @dataclass

@@ -42,8 +42,9 @@ def evaluate_skill(predict: Callable[[Batch], torch.Tensor], dataset: ForecastDa
         for name, field in forecasts.items():
             scores[name].update(batch.denormalize(field), truth, batch.lat, batch.lead_hours,
                                 clim=clim_phys, mask=batch.mask)
-        if not example and batch.lead_hours[0].item() == max(leads_hours):
-            example = _example_maps(batch, batch.denormalize(forecasts["model"]), truth)
+        at_max_lead = torch.nonzero(batch.lead_hours == max(leads_hours)).flatten()
+        if not example and len(at_max_lead):
+            example = _example_maps(batch, int(at_max_lead[0]), batch.denormalize(forecasts["model"]), truth)
     skill: dict[str, Any] = {}
     tables = {name: (acc.rmse(), acc.acc()) for name, acc in scores.items()}
     for j, channel in enumerate(dataset.channels):
@@ -56,19 +57,19 @@ def evaluate_skill(predict: Callable[[Batch], torch.Tensor], dataset: ForecastDa
     return {"skill": skill, "scalars": scalars, "example": example}
 
 
-def _example_maps(batch: Batch, forecast: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
-    """Input, forecast, truth and error of the first present example channel of sample 0."""
-    present = [c for c in EXAMPLE_CHANNELS if c in batch.channels and batch.mask[0, batch.channels.index(c)]]
+def _example_maps(batch: Batch, b: int, forecast: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
+    """Input, forecast, truth and error of the first present example channel of sample b."""
+    present = [c for c in EXAMPLE_CHANNELS if c in batch.channels and batch.mask[b, batch.channels.index(c)]]
     if not present:
         return {}
     v = batch.channels.index(present[0])
-    fields = {"input": batch.denormalize(batch.x)[0, v], "forecast": forecast[0, v], "truth": truth[0, v]}
+    fields = {"input": batch.denormalize(batch.x)[b, v], "forecast": forecast[b, v], "truth": truth[b, v]}
     maps = {name: field.cpu().numpy() for name, field in fields.items()}
     maps["error"] = maps["forecast"] - maps["truth"]
-    init = np.datetime64(int(batch.time[0]), "ns").astype("datetime64[h]")
+    init = np.datetime64(int(batch.time[b]), "ns").astype("datetime64[h]")
     return {"maps": maps, "lat": batch.lat.cpu().numpy(), "lon": batch.lon.cpu().numpy(),
-            "title": f"{present[0]} from {init} + {batch.lead_hours[0].item():g} h "
-                     f"({batch.sources[int(batch.source_index[0])]})"}
+            "title": f"{present[0]} from {init} + {batch.lead_hours[b].item():g} h "
+                     f"({batch.sources[int(batch.source_index[b])]})"}
 
 
 def skill_rows(skill: dict[str, Any]) -> list[list[str]]:

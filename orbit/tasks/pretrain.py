@@ -14,6 +14,7 @@ from torch import nn
 
 from orbit.config import RunConfig
 from orbit.data.dataset import ForecastDataset
+from orbit.data.forcings import cos_solar_zenith, lead_valid_time_ns
 from orbit.data.loader import ResumableLoader
 from orbit.metrics import lat_weighted_mse_loss
 from orbit.models.registry import create_model
@@ -30,6 +31,14 @@ def store_paths(root: str | Path, sources: list[str]) -> dict[str, Path]:
             f"data stores not found: {missing}; create the toy-Earth stores with "
             f"`orbit data synth --root {root}` (or `make data`), or set data.root to where they are")
     return paths
+
+
+FORCINGS = ("cos_zenith_init", "cos_zenith_valid")
+
+
+def residual_scale(lead_hours: torch.Tensor) -> torch.Tensor:
+    """(B,) lead times -> (B, 1, 1, 1) typical size of the change over that lead, 1 at 6 h."""
+    return (lead_hours / 6.0).sqrt()[:, None, None, None]
 
 
 def _year_range(years: list[int]) -> range:
@@ -58,8 +67,13 @@ class PretrainTask:
         self._example: dict[str, Any] = {}
 
     def build_model(self) -> nn.Module:
-        return create_model(self.cfg.model.preset, variables=tuple(self.cfg.data.channels),
+        channels = tuple(self.cfg.data.channels)
+        return create_model(self.cfg.model.preset, variables=channels + self.forcing_names, out_variables=channels,
                             img_size=(self.train_set.lat.size, self.train_set.lon.size), **self.cfg.model.overrides())
+
+    @property
+    def forcing_names(self) -> tuple[str, ...]:
+        return FORCINGS if self.cfg.data.solar_forcing else ()
 
     def train_batches(self, dp_rank: int, dp_size: int) -> ResumableLoader:
         data = self.cfg.data
@@ -68,16 +82,34 @@ class PretrainTask:
                                num_workers=data.num_workers)
 
     def model_inputs(self, batch) -> tuple:
-        """var_ids None: the inputs hold the model's whole channel vocabulary, in order."""
-        return batch.x, None, batch.lead_hours, batch.mask
+        """(x, None, lead_hours, mask): x holds the model's whole vocabulary in order (var_ids None):
+        the channels, then the solar forcing at init and valid time when configured."""
+        if not self.forcing_names:
+            return batch.x, None, batch.lead_hours, batch.mask
+        lat, lon = batch.lat, batch.lon
+        sun = [cos_solar_zenith(batch.time, lat, lon),
+               cos_solar_zenith(lead_valid_time_ns(batch.time, batch.lead_hours), lat, lon)]
+        x = torch.cat([batch.x, torch.stack(sun, dim=1).to(batch.x)], dim=1)
+        mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :len(sun)])], dim=1)
+        return x, None, batch.lead_hours, mask
 
     def target(self, batch) -> torch.Tensor:
         """What the model output is compared with: (B, V, H, W), NaN where a channel is absent.
 
-        Residual models predict the change from the input, so their target is y - x.
+        Residual models predict the change from the input in units of its typical size at that
+        lead, sqrt(lead / 6 h) (changes grow roughly like a random walk), so short leads weigh as
+        much in the loss as long ones instead of being drowned by them.
         """
-        target = batch.y - batch.x if self.cfg.train.residual else batch.y
+        if self.cfg.train.residual:
+            target = (batch.y - batch.x) / residual_scale(batch.lead_hours)
+        else:
+            target = batch.y
         return target.masked_fill(~batch.mask[:, :, None, None], float("nan"))
+
+    def predict(self, forward, batch) -> torch.Tensor:
+        """Normalized forecast (B, V, H, W) from the model output (see `target`)."""
+        out = forward(self.model_inputs(batch)).float()
+        return batch.x + residual_scale(batch.lead_hours) * out if self.cfg.train.residual else out
 
     def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         present = torch.isfinite(target[:, :, 0, 0])
@@ -86,11 +118,7 @@ class PretrainTask:
     def evaluate(self, engine, step: int) -> dict[str, Any]:
         ev = self.cfg.eval
 
-        def predict(batch) -> torch.Tensor:
-            out = engine.forward(self.model_inputs(batch))
-            return batch.x + out if self.cfg.train.residual else out
-
-        results = evaluate_skill(predict, self.eval_set, ev.leads_hours, batch_size=ev.batch_size,
+        results = evaluate_skill(lambda batch: self.predict(engine.forward, batch), self.eval_set, ev.leads_hours, batch_size=ev.batch_size,
                                  stride=ev.stride, max_samples=ev.max_samples)
         self._example = results.pop("example")
         return results

@@ -82,7 +82,8 @@ def run_training(cfg: RunConfig, run_dir: Path | None = None, resume: str | None
     engine = functools.partial(build_engine, parallel_cfg=cfg.parallel, loss_fn=task.loss_fn,
                                precision=cfg.train.precision,
                                activation_checkpointing=cfg.train.activation_checkpointing,
-                               batch_size=cfg.data.batch_size)
+                               batch_size=cfg.data.batch_size, grad_clip=cfg.train.grad_clip,
+                               grad_accum_steps=cfg.train.grad_accum_steps)
     trainer = Trainer(task, cfg.train, run_dir, build_engine=engine)
     if start_from is not None:
         trainer.load(start_from)
