@@ -68,6 +68,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from orbit.parallel.benchmark_report import run_scaling_benchmark
+
+    command = "orbit bench " + " ".join(sys.argv[2:]) if args.command_line is None else args.command_line
+    md, png = run_scaling_benchmark(args.sizes, args.world_sizes, args.steps, args.out, command=command)
+    print(md.read_text())
+    print(f"wrote {md} and {png}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -116,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", required=True, help="preset name, e.g. tiny, 115m, 1b, 10b, 113b")
     info.add_argument("overrides", nargs="*", help="preset overrides, e.g. depth=4")
     info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="parallel scaling benchmark: time, MFU, memory, bytes per mesh axis")
+    bench.add_argument("--sizes", nargs="+", default=["d128", "d256"], choices=["d128", "d256"],
+                       help="model sizes (width 128 / 256, depth 4, 32x64 grid)")
+    bench.add_argument("--world-sizes", nargs="+", type=int, default=[1, 2, 4, 8], choices=[1, 2, 4, 8],
+                       help="process counts to sweep (1 is the baseline and must be included)")
+    bench.add_argument("--steps", type=int, default=3, help="timed steps per case (median reported)")
+    bench.add_argument("--out", default="benchmarks/results/parallel_scaling",
+                       help="path prefix of the .md and .png written")
+    bench.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
