@@ -4,26 +4,73 @@ The trainer talks only to this interface, so it never knows which mesh axes are 
 batch-first tensors (`inputs`, `target`) and a `loss_fn(output, target)`; the engine returns the
 loss, leaves correct gradients on its parameters, and answers the questions the loop asks
 (which data shard am I, am I the rank that logs, what is the mean of a value over the data ranks).
+
+An engine also owns the optimizer step and the checkpoint format, because engines differ there:
+torch engines clip and step a torch optimizer built on their (possibly sharded) parameters and
+write layout-independent DCP checkpoints, while DeepSpeed ZeRO needs the optimizer before it wraps
+the model, steps it itself and resumes only from its own checkpoints. So an engine is built from a
+model and an `OptimizerFactory`, calls the factory at the moment its kind requires, and exposes
+`optimizer` (for LR schedulers), `optimizer_step(max_norm)`, `save_checkpoint` and `load_checkpoint`.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+from orbit.parallel.checkpoint import load_distributed, save_distributed
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The model parts an engine holds (after any sharding) -> a torch optimizer over their parameters.
+OptimizerFactory = Callable[[list[nn.Module]], torch.optim.Optimizer]
+# Subdirectory of a checkpoint that only DeepSpeed engines write (see orbit/parallel/sharding.py).
+DEEPSPEED_STATE_DIR = "deepspeed"
 
 
-class LocalEngine:
-    """One process, one model: the reference every parallel layout is checked against."""
+class TorchOptimizerEngine:
+    """Optimizer step and DCP checkpoints for engines whose parts hold plain or FSDP/DTensor
+    parameters. Needs `parts`, `optimizer` and `clip_grad_norm_(max_norm)` from the engine."""
+
+    parts: list[nn.Module]
+    optimizer: torch.optim.Optimizer | None
+
+    def optimizer_step(self, max_norm: float) -> float:
+        """Clip to `max_norm` (0 = no clipping), step and zero the gradients; returns the global
+        gradient norm before clipping."""
+        norm = self.clip_grad_norm_(max_norm or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any]) -> Path:
+        """Collective: model + optimizer shards in a DCP directory that loads on any layout."""
+        return save_distributed(path, self.parts, self.optimizer, extra)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Collective: fill the parts and the optimizer from `path`; returns the saved `extra`."""
+        if (Path(path) / DEEPSPEED_STATE_DIR).is_dir():
+            raise ValueError(f"checkpoint {str(path)!r} was written by parallel.engine 'deepspeed'; its optimizer "
+                             "state is DeepSpeed's own, so resume it with parallel.engine=deepspeed on the same "
+                             "world size (its model weights export with orbit.parallel.checkpoint.export_single_file)")
+        return load_distributed(path, self.parts, self.optimizer)
+
+
+class LocalEngine(TorchOptimizerEngine):
+    """One process, one model: the reference every parallel layout is checked against.
+
+    Without `make_optimizer` the caller steps its own optimizer (`optimizer` is None).
+    """
 
     distributed = False
     dp_rank, dp_size, is_main = 0, 1, True
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory | None = None):
         self.model = model
         self.parts = [model]
+        self.optimizer = make_optimizer(self.parts) if make_optimizer is not None else None
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.model.parameters()

@@ -2,7 +2,9 @@
 
 Order (as torchtitan's `parallelize`): pipeline split -> tensor parallel -> sequence parallel ->
 activation checkpointing -> compile -> FSDP. Each step works on the stage modules the previous
-one produced, so any subset of axes composes; the trainer only ever sees `ParallelEngine`.
+one produced, so any subset of axes composes; the trainer only ever sees the engine interface
+(orbit/parallel/engine.py). `parallel.engine: deepspeed` swaps the whole chain for DeepSpeed ZeRO
+on pure data-parallel layouts.
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
-from orbit.parallel.engine import LocalEngine, LossFn
+from orbit.parallel.engine import LocalEngine, LossFn, OptimizerFactory, TorchOptimizerEngine
 from orbit.parallel.mesh import ParallelDims, parallel_dims_from
 from orbit.parallel.pipeline import build_schedule, pipeline_forward, pipeline_step, split_model
 from orbit.parallel.sequence import apply_sequence_parallel
-from orbit.parallel.sharding import apply_fsdp
+from orbit.parallel.sharding import ZeroEngine, apply_fsdp, build_deepspeed_engine
 from orbit.parallel.tensor import apply_tensor_parallel
 
 
@@ -52,13 +54,18 @@ def validate_layout(model: nn.Module, dims: ParallelDims, parallel_cfg, batch_si
         raise ValueError("invalid parallel layout " + str(dims.degrees) + ": " + "; ".join(problems))
 
 
-class ParallelEngine:
-    """This rank's share of the model on a named mesh, and how to run a step on it."""
+class ParallelEngine(TorchOptimizerEngine):
+    """This rank's share of the model on a named mesh, and how to run a step on it.
+
+    `make_optimizer` is called on the parallelized parts (FSDP replaces the parameters); without it
+    the caller steps its own optimizer (`optimizer` is None).
+    """
 
     distributed = True
 
     def __init__(self, model: nn.Module, dims: ParallelDims, parallel_cfg, *, loss_fn: LossFn,
-                 precision: str, activation_checkpointing: bool, device_type: str = "cpu"):
+                 precision: str, activation_checkpointing: bool, device_type: str = "cpu",
+                 make_optimizer: OptimizerFactory | None = None):
         self.dims = dims
         self.mesh = mesh = dims.build_mesh(device_type)
         self.dp_rank, self.dp_size = mesh["dp"].get_local_rank(), dims.dp
@@ -84,6 +91,7 @@ class ParallelEngine:
             self.pipeline = build_schedule(parts, mesh["pp"], schedule=parallel_cfg.pp_schedule,
                                            microbatches=microbatches, loss_fn=loss_fn)
         self.loss_fn = loss_fn
+        self.optimizer = make_optimizer(parts) if make_optimizer is not None else None
 
     def parameters(self) -> Iterator[nn.Parameter]:
         for part in self.parts:
@@ -137,14 +145,44 @@ class ParallelEngine:
 
 
 def build_engine(model: nn.Module, parallel_cfg, *, loss_fn: LossFn, precision: str,
-                 activation_checkpointing: bool, batch_size: int):
-    """LocalEngine for one process, ParallelEngine on a mesh otherwise."""
+                 activation_checkpointing: bool, batch_size: int, make_optimizer: OptimizerFactory | None = None,
+                 grad_clip: float = 0.0, grad_accum_steps: int = 1):
+    """LocalEngine for one process; on several, ParallelEngine on a mesh, or ZeroEngine when
+    `parallel_cfg.engine == "deepspeed"` (which needs `make_optimizer`, and takes `grad_clip`
+    (0 = none) and `grad_accum_steps` into DeepSpeed's config because its engine steps itself).
+    `batch_size` is the per-data-rank micro-batch."""
     size = world_size()
     dims = parallel_dims_from(parallel_cfg, size)
-    if size == 1:
+    if size == 1:  # nothing to shard or replicate: every engine reduces to the plain model
         if activation_checkpointing:
             apply_activation_checkpointing(model)
-        return LocalEngine(model)
+        return LocalEngine(model, make_optimizer)
     validate_layout(model, dims, parallel_cfg, batch_size)
+    if parallel_cfg.engine == "deepspeed":
+        return build_zero_engine(model, dims, parallel_cfg, make_optimizer=make_optimizer,
+                                 activation_checkpointing=activation_checkpointing, batch_size=batch_size,
+                                 grad_clip=grad_clip, grad_accum_steps=grad_accum_steps)
     return ParallelEngine(model, dims, parallel_cfg, loss_fn=loss_fn, precision=precision,
-                          activation_checkpointing=activation_checkpointing)
+                          activation_checkpointing=activation_checkpointing, make_optimizer=make_optimizer)
+
+
+def build_zero_engine(model: nn.Module, dims: ParallelDims, parallel_cfg, *, make_optimizer: OptimizerFactory | None,
+                      activation_checkpointing: bool, batch_size: int, grad_clip: float,
+                      grad_accum_steps: int) -> ZeroEngine:
+    """DeepSpeed ZeRO over all ranks: the optimizer is built on the plain model first, as DeepSpeed
+    wraps both together."""
+    if make_optimizer is None:
+        raise ValueError("parallel.engine 'deepspeed' steps the optimizer inside DeepSpeed, so build_engine needs "
+                         "make_optimizer (a function of the model parts returning a torch optimizer)")
+    if parallel_cfg.compile:
+        raise ValueError("parallel.compile=true is not supported with parallel.engine 'deepspeed' (ZeRO-3 "
+                         "gathers parameters in module hooks that compiled blocks would trace); use "
+                         "parallel.engine 'fsdp' to compile, or parallel.compile=false")
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    # precision "bf16" is the trainer's torch.autocast over fp32 weights, gradients and reductions.
+    # DeepSpeed's own bf16 mode would store bf16 weights, which autocast's fp32 ops (layer norm on
+    # CPU) refuse, and would need bf16 inputs from the task.
+    return build_deepspeed_engine(model, make_optimizer([model]), dims, zero_stage=parallel_cfg.zero_stage,
+                                  grad_clip=grad_clip, bf16=False, micro_batch_size=batch_size,
+                                  grad_accum_steps=grad_accum_steps)

@@ -8,20 +8,29 @@ gradient-sync rule of the engine contract by itself: gradients are averaged over
 DeepSpeed ZeRO is offered for pure data-parallel layouts only (`parallel.engine: deepspeed`): its
 engine owns the model, the optimizer step and gradient clipping, so it cannot be stacked with
 our TP/SP/PP modules. `ZeroEngine` adapts it to the trainer's engine interface.
+
+A ZeroEngine checkpoint directory holds DeepSpeed's own sharded state under `deepspeed/` (resumes on
+the same world size and ZeRO stage only) beside a DCP copy of the full model weights and `extra.pt`,
+so it is a complete checkpoint for `--resume auto` and `export_single_file` like any other.
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from orbit.models.layers import Block
 
+from .checkpoint import EXTRA_FILE, _publish, _shared_tmp_path
+from .engine import DEEPSPEED_STATE_DIR
 from .mesh import ParallelDims
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -124,13 +133,15 @@ class ZeroEngine:
     Per optimizer step the trainer calls `forward_backward` `grad_accum_steps` times, then `step()`
     (which clips, applies the optimizer and zeroes gradients inside DeepSpeed) instead of
     `clip_grad_norm_` + `optimizer.step()`. An LR scheduler built on the torch optimizer passed in
-    keeps working (ZeRO steps that same optimizer on its flat partitions).
+    (`optimizer`) keeps working (ZeRO steps that same optimizer on its flat partitions).
     """
 
     distributed = True
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, optimizer: torch.optim.Optimizer, grad_clip: float):
         self.engine = engine
+        self.optimizer = optimizer
+        self.grad_clip = grad_clip
         self.model = engine.module
         self.parts = [engine.module]
         self.dp_rank = dist.get_rank()  # every rank is a data-parallel replica (check_deepspeed_layout)
@@ -164,9 +175,21 @@ class ZeroEngine:
         """Clip, update and zero the gradients; returns the global gradient norm before clipping."""
         if not self.engine.is_gradient_accumulation_boundary():
             raise RuntimeError("ZeroEngine.step() called before the last micro-batch of the accumulation window")
-        self.engine.step()
-        norm = self.engine.get_global_grad_norm()
+        if self.engine.zero_optimization_stage() == 0:  # plain data parallel: DeepSpeed keeps no norm
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            self.engine.step()
+        else:
+            self.engine.step()
+            norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
+
+    def optimizer_step(self, max_norm: float) -> float:
+        """The trainer's optimizer step: `step()`, whose clipping DeepSpeed fixed at initialization."""
+        if max_norm != self.grad_clip:
+            raise ValueError(f"this DeepSpeed engine clips gradients to {self.grad_clip} (0 = off), set when it was "
+                             f"built; got max_norm {max_norm}. Build it with grad_clip={max_norm}")
+        return self.step()
 
     def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
         value = value.detach().clone()
@@ -195,6 +218,43 @@ class ZeroEngine:
         _, client_state = self.engine.load_checkpoint(str(path), tag="state")
         return client_state["extra"]
 
+    def _layout(self) -> dict[str, int]:
+        return {"world_size": dist.get_world_size(), "zero_stage": self.engine.zero_optimization_stage()}
+
+    def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any]) -> Path:
+        """Collective, atomic (as `save_distributed`): DeepSpeed's state under `deepspeed/`, the full
+        model weights as DCP (`model.<fqn>`, for export) and `extra` in `extra.pt`."""
+        path = Path(path)
+        tmp = _shared_tmp_path(path)
+        if self.is_main:
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        weights = self.full_state_dict()  # collective under ZeRO-3
+        self.save(tmp / DEEPSPEED_STATE_DIR, extra)
+        dcp.save({"model": weights}, checkpoint_id=tmp)  # replicated tensors: DCP writes each once
+        if self.is_main:
+            (tmp / DEEPSPEED_STATE_DIR / "layout.json").write_text(json.dumps(self._layout()))
+            torch.save(extra, tmp / EXTRA_FILE)
+        dist.barrier()
+        if self.is_main:
+            _publish(tmp, path)
+        dist.barrier()
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Collective: resume DeepSpeed's model and optimizer state from `save_checkpoint`'s `path`,
+        written on the same world size and ZeRO stage; returns its `extra`."""
+        state_dir = Path(path) / DEEPSPEED_STATE_DIR
+        if not state_dir.is_dir():
+            raise ValueError(f"checkpoint {str(path)!r} has no {DEEPSPEED_STATE_DIR}/ state: it was not written by "
+                             "parallel.engine 'deepspeed', which resumes only from its own checkpoints; resume it "
+                             "with parallel.engine 'fsdp'")
+        saved = json.loads((state_dir / "layout.json").read_text())
+        if saved != self._layout():
+            raise ValueError(f"DeepSpeed checkpoint {str(path)!r} was written with {saved}; this run has "
+                             f"{self._layout()}. DeepSpeed resumes only on the same world size and ZeRO stage")
+        return self.load(state_dir)
+
     def close(self) -> None:
         """Release DeepSpeed's hooks and buffers (needed before another ZeRO-3 engine in this process)."""
         self.engine.destroy()
@@ -222,4 +282,4 @@ def build_deepspeed_engine(model: nn.Module, optimizer: torch.optim.Optimizer, d
 
     deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    return ZeroEngine(engine)
+    return ZeroEngine(engine, optimizer, grad_clip)

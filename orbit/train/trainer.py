@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
-from orbit.parallel.checkpoint import load_distributed, save_distributed
 from orbit.parallel.engine import LocalEngine
 from orbit.train import checkpoint as ckpt
 from orbit.train.logging import RunLogger, log
@@ -57,8 +56,10 @@ class Trainer:
     """Runs `cfg.max_steps` optimizer steps of `task`, logging to and checkpointing in `run_dir`."""
 
     def __init__(self, task: TrainTask, cfg, run_dir: Path,
-                 build_engine: Callable[[nn.Module], Any] | None = None):
-        """`build_engine(model)` places the model on this rank's layout (default: one process)."""
+                 build_engine: Callable[..., Any] | None = None):
+        """`build_engine(model, make_optimizer=...)` places the model on this rank's layout (default:
+        one process) and builds the optimizer when its engine needs it (FSDP after sharding, DeepSpeed
+        before wrapping); the engine then owns the optimizer step and the checkpoint format."""
         self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         torch.manual_seed(cfg.seed)
@@ -67,11 +68,14 @@ class Trainer:
             if cfg.activation_checkpointing:
                 apply_activation_checkpointing(model)
             build_engine = LocalEngine
-        self.engine = build_engine(model)
-        self.optimizer = build_optimizer(self.engine.parts, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
+        self.engine = build_engine(model, make_optimizer=self._make_optimizer)
+        self.optimizer = self.engine.optimizer
         self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
         self.batches = task.train_batches(self.engine.dp_rank, self.engine.dp_size)
         self.state = TrainState()
+
+    def _make_optimizer(self, parts: list[nn.Module]) -> torch.optim.Optimizer:
+        return build_optimizer(parts, self.cfg.lr, self.cfg.weight_decay, tuple(self.cfg.betas))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -83,15 +87,15 @@ class Trainer:
     def save(self) -> Path:
         """Collective: every rank writes its shards; the directory appears only when complete."""
         path = ckpt.checkpoint_path(self.ckpt_dir, self.state.step)
-        save_distributed(path, self.engine.parts, self.optimizer, self._replicated_state())
+        self.engine.save_checkpoint(path, self._replicated_state())
         if self.engine.is_main:
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
             log.info("saved checkpoint %s", path)
         return path
 
     def load(self, path: Path) -> None:
-        """Collective: resume from a checkpoint written on any layout."""
-        state = load_distributed(path, self.engine.parts, self.optimizer)
+        """Collective: resume from a checkpoint written on any layout (DeepSpeed: the same layout)."""
+        state = self.engine.load_checkpoint(path)
         self.scheduler.load_state_dict(state["scheduler"])
         self.batches.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
@@ -111,7 +115,6 @@ class Trainer:
 
         Returns (loss averaged over micro-batches and data ranks, grad norm, global samples).
         """
-        self.optimizer.zero_grad(set_to_none=True)
         total_loss = torch.zeros(())
         samples = 0
         accum = self.cfg.grad_accum_steps
@@ -125,8 +128,7 @@ class Trainer:
         total_loss = self.engine.mean_over_data_ranks(total_loss)
         if not torch.isfinite(total_loss):
             raise NonFiniteLossError(f"loss is {total_loss.item()} at step {self.state.step + 1}; stopping")
-        grad_norm = self.engine.clip_grad_norm_(self.cfg.grad_clip or float("inf"))
-        self.optimizer.step()
+        grad_norm = self.engine.optimizer_step(self.cfg.grad_clip)  # clips, steps, zeroes the gradients
         self.scheduler.step()
         return total_loss.item(), grad_norm, samples
 
