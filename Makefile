@@ -25,10 +25,10 @@ $(DATA)/cmip_c.zarr: $(STAMP)
 data: $(DATA)/cmip_c.zarr
 
 demo: data
-	OMP_NUM_THREADS=2 $(PY) -m orbit pretrain --config configs/pretrain/tiny.yaml data.root=$(DATA)
+	OMP_NUM_THREADS=1 $(PY) -m orbit pretrain --config configs/pretrain/tiny.yaml data.root=$(DATA)
 
 test: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 bench: setup
 	OMP_NUM_THREADS=2 $(PY) benchmarks/model_step.py
