@@ -118,14 +118,14 @@ def _fqn_prefixes(name: str) -> list[str]:
 
 # --- save / load ----------------------------------------------------------------------------------
 
-def _shared_tmp_path(path: Path) -> Path:
+def shared_tmp_path(path: Path) -> Path:
     token = [uuid.uuid4().hex[:12]]
     if _distributed():
         dist.broadcast_object_list(token, src=0)
     return path.with_name(f"{path.name}.tmp-{token[0]}")
 
 
-def _publish(tmp: Path, path: Path) -> None:
+def publish_checkpoint(tmp: Path, path: Path) -> None:
     """Atomically give the finished directory its final name (replacing an older one of that name)."""
     if path.exists():
         old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:12]}")
@@ -146,7 +146,7 @@ def save_distributed(path: str | os.PathLike, model_parts: list[nn.Module], opti
     path = Path(path)
     parts = nn.ModuleList(model_parts)
     state = {"model": _model_state(parts), "optimizer": _optimizer_state(parts, optimizer)}
-    tmp = _shared_tmp_path(path)
+    tmp = shared_tmp_path(path)
     if _is_rank0():
         tmp.mkdir(parents=True)
     _barrier()
@@ -156,7 +156,7 @@ def save_distributed(path: str | os.PathLike, model_parts: list[nn.Module], opti
         torch.save(extra, tmp / EXTRA_FILE)
     _barrier()  # every rank's shards and DCP's metadata are on disk
     if _is_rank0():
-        _publish(tmp, path)
+        publish_checkpoint(tmp, path)
     _barrier()  # nobody reads `path` before it exists
     return path
 

@@ -29,7 +29,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from orbit.models.layers import Block
 
-from .checkpoint import EXTRA_FILE, _publish, _shared_tmp_path
+from .checkpoint import EXTRA_FILE, publish_checkpoint, shared_tmp_path
 from .engine import DEEPSPEED_STATE_DIR
 from .mesh import ParallelDims
 
@@ -225,7 +225,7 @@ class ZeroEngine:
         """Collective, atomic (as `save_distributed`): DeepSpeed's state under `deepspeed/`, the full
         model weights as DCP (`model.<fqn>`, for export) and `extra` in `extra.pt`."""
         path = Path(path)
-        tmp = _shared_tmp_path(path)
+        tmp = shared_tmp_path(path)
         if self.is_main:
             tmp.mkdir(parents=True)
         dist.barrier()
@@ -237,7 +237,7 @@ class ZeroEngine:
             torch.save(extra, tmp / EXTRA_FILE)
         dist.barrier()
         if self.is_main:
-            _publish(tmp, path)
+            publish_checkpoint(tmp, path)
         dist.barrier()
         return path
 
