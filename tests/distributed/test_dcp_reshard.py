@@ -113,7 +113,7 @@ def test_interrupted_save_leaves_no_complete_looking_checkpoint(tmp_path, monkey
     def killed(tmp, final):
         raise KeyboardInterrupt("killed after the shards were written, before the rename")
 
-    monkeypatch.setattr(checkpoint, "_publish", killed)
+    monkeypatch.setattr(checkpoint, "publish_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         save_distributed(path, [model], optimizer, {"step": 2})  # re-save under the same name
     with pytest.raises(KeyboardInterrupt):
