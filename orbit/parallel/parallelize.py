@@ -8,7 +8,6 @@ on pure data-parallel layouts.
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
+from orbit.parallel.env import launched_world_size
 from orbit.parallel.engine import LocalEngine, LossFn, OptimizerFactory, TorchOptimizerEngine
 from orbit.parallel.mesh import ParallelDims, parallel_dims_from
 from orbit.parallel.pipeline import build_schedule, pipeline_forward, pipeline_step, split_model
@@ -26,7 +26,7 @@ from orbit.parallel.tensor import apply_tensor_parallel
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    return dist.get_world_size() if dist.is_initialized() else launched_world_size()
 
 
 def validate_layout(model: nn.Module, dims: ParallelDims, parallel_cfg, batch_size: int) -> None:

@@ -46,7 +46,7 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     path = Path(resume)
     if not is_complete(path):
         raise FileNotFoundError(f"--resume {resume!r} is not a complete checkpoint directory "
-                                f"(checkpoints/step_XXXXXXXX in a run directory), or use --resume auto")
+                                f"(checkpoints/step_<8-digit step> in a run directory), or use --resume auto")
     return path
 
 

@@ -1,6 +1,6 @@
 """Which checkpoints a run directory holds, and the RNG state that goes into them.
 
-Checkpoints are distributed (DCP) directories `checkpoints/step_XXXXXXXX/` written atomically by
+Checkpoints are distributed (DCP) directories `checkpoints/step_<8-digit step>/` (e.g. `step_00000400`) written atomically by
 `orbit.parallel.checkpoint.save_distributed` (one process is a world of one), so any checkpoint
 resumes on any layout. Only complete directories with that exact name count: a half-written
 `*.tmp-*` directory is never picked up by `--resume auto`.
