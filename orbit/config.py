@@ -80,6 +80,9 @@ class TrainConfig:
     eval_every: int = 0
     ckpt_every: int = 100
     keep_last: int = 2
+    async_checkpoint: bool = False
+    nonfinite: str = "stop"
+    max_skipped_steps: int = 10
 
 
 @dataclass
@@ -108,6 +111,18 @@ class ParallelConfig:
     engine: str = "fsdp"
     zero_stage: int = 2
     compile: bool = False
+    timeout_s: float = 600.0
+    heartbeat_timeout_s: float = 120.0
+
+
+@dataclass
+class FinetuneConfig:
+    """Start from a pretrained checkpoint (any layout): what is loaded, replaced and frozen."""
+
+    init: str | None = None
+    freeze: str = "none"
+    replace: list[str] = field(default_factory=list)
+    data_fraction: float = 1.0
 
 
 @dataclass
@@ -121,8 +136,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    options: Any = None
 
     def __post_init__(self) -> None:
+        self.options = _task_options(self.task, self.options)
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +152,34 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+TASK_OPTIONS: dict[str, type] = {}
+
+
+def register_task_options(task: str):
+    """Class decorator: the dataclass of the `options:` section of runs of `task`."""
+    def decorator(cls: type) -> type:
+        TASK_OPTIONS[task] = cls
+        return cls
+    return decorator
+
+
+def _task_options(task: str, values: Any) -> Any:
+    """The `options:` section typed by the dataclass its task registered (None if it has none)."""
+    from orbit.tasks import import_task_modules
+
+    import_task_modules()
+    schema = TASK_OPTIONS.get(task)
+    if dataclasses.is_dataclass(values) or (schema is None and not values):
+        return values
+    if schema is None:
+        raise ConfigError(f"task {task!r} takes no options section, got {values!r}; tasks with options: "
+                          f"{sorted(TASK_OPTIONS)}")
+    return _coerce(values or {}, schema, "options")
+
+
 PRECISIONS = ("fp32", "bf16")
+NONFINITE_POLICIES = ("stop", "skip")
+FREEZE_POLICIES = ("none", "backbone", "all_but_head")
 PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 ENGINES = ("fsdp", "deepspeed")
 
@@ -156,7 +201,19 @@ def validate(cfg: RunConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be >= 1")
+    if t.nonfinite not in NONFINITE_POLICIES:
+        raise ConfigError(f"train.nonfinite={t.nonfinite!r} is not valid; use one of {list(NONFINITE_POLICIES)}")
+    if t.max_skipped_steps < 0:
+        raise ConfigError(f"train.max_skipped_steps={t.max_skipped_steps} must be >= 0")
+    f = cfg.finetune
+    if f.freeze not in FREEZE_POLICIES:
+        raise ConfigError(f"finetune.freeze={f.freeze!r} is not valid; use one of {list(FREEZE_POLICIES)}")
+    if not 0.0 < f.data_fraction <= 1.0:
+        raise ConfigError(f"finetune.data_fraction={f.data_fraction} must be in (0, 1]")
     p = cfg.parallel
+    if p.timeout_s <= 0 or p.heartbeat_timeout_s <= 0:
+        raise ConfigError(f"parallel.timeout_s={p.timeout_s} and parallel.heartbeat_timeout_s="
+                          f"{p.heartbeat_timeout_s} must be positive seconds")
     if p.pp_schedule not in PP_SCHEDULES:
         raise ConfigError(f"parallel.pp_schedule={p.pp_schedule!r} is not valid; use one of {list(PP_SCHEDULES)}")
     if p.engine not in ENGINES:

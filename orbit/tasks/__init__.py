@@ -1,6 +1,7 @@
 """Tasks wire data + model + loss + evaluation for the one trainer; looked up by name."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 TASKS: dict[str, Callable] = {}
@@ -16,9 +17,17 @@ def register_task(name: str):
     return decorator
 
 
-def build_task(cfg):
-    from orbit.tasks import pretrain  # noqa: F401  (registers its task)
+TASK_MODULES = ("pretrain",)
 
+
+def import_task_modules() -> None:
+    """Import every task module once, so their tasks and option schemas are registered."""
+    for name in TASK_MODULES:
+        importlib.import_module(f"orbit.tasks.{name}")
+
+
+def build_task(cfg):
+    import_task_modules()
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; valid tasks: {sorted(TASKS)}")
     return TASKS[cfg.task](cfg)
