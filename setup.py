@@ -25,7 +25,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-xdist>=3", "esmvaltool-sample-data", "iris-sample-data", "deepspeed>=0.14"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "esmvaltool-sample-data", "iris-sample-data", "deepspeed>=0.14",
+                "mpi4py>=3.1", "mpich"],
         "mpi": ["mpi4py>=3.1"],
         "deepspeed": ["deepspeed>=0.14"],
         "uq": ["emcee>=3"],
