@@ -49,9 +49,29 @@ def cmd_train(args) -> int:
 
     import torch.distributed as dist
 
-    cfg = load_config(args.config, [*args.overrides, f"task={args.command}"])
+    if args.command == "pretrain":
+        cfg = load_config(args.config, [*args.overrides, "task=pretrain"])
+    else:  # finetune: the config names the task; --init the pretrained checkpoint (none: from scratch)
+        cfg = load_config(args.config, [*args.overrides, *([f"finetune.init={args.init}"] if args.init else [])])
+        if cfg.task == "pretrain":
+            raise ValueError(f"config {args.config!r} is a pretraining config (task: pretrain); use `orbit pretrain`, "
+                             f"or give a fine-tuning config (configs/finetune/<task>/...)")
     try:
         run_training(cfg, run_dir=args.run_dir, resume=args.resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from orbit.tasks.evaluate import run_evaluation
+
+    import torch.distributed as dist
+
+    try:
+        run_evaluation(args.run_dir, checkpoint=args.checkpoint, out_dir=args.out, fmt=args.format,
+                       overrides=args.overrides)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -114,13 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
 
-    for name, text in (("pretrain", "pretrain ORBIT on the configured sources"),):
+    for name, text in (("pretrain", "pretrain ORBIT on the configured sources"),
+                       ("finetune", "fine-tune on a task (forecast, downscale, elm_spinup) named by the config")):
         train = sub.add_parser(name, help=text)
         train.add_argument("--config", required=True, help="YAML file under configs/")
         train.add_argument("--run-dir", type=Path, default=None, help="default: runs/<name>-<time>")
         train.add_argument("--resume", default=None, help="'auto' (newest checkpoint in the run dir) or a path")
+        if name == "finetune":
+            train.add_argument("--init", default=None,
+                               help="pretrained checkpoint (directory from any layout, or exported file); "
+                                    "omitted: train from scratch")
         train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=50")
         train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a run's checkpoint and write its predictions (zarr/netCDF)")
+    evaluate.add_argument("--run-dir", type=Path, required=True, help="directory of a pretrain/finetune run")
+    evaluate.add_argument("--checkpoint", default=None, help="default: the run's newest complete checkpoint")
+    evaluate.add_argument("--out", type=Path, default=None, help="default: <run-dir>/evaluation")
+    evaluate.add_argument("--format", default="zarr", choices=["zarr", "netcdf"], help="predictions file format")
+    evaluate.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_samples=64")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     info = sub.add_parser("info", help="parameters, FLOPs and memory of a model preset (no allocation)")
     info.add_argument("--model", required=True, help="preset name, e.g. tiny, 115m, 1b, 10b, 113b")

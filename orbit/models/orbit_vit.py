@@ -16,7 +16,13 @@ class OrbitViT(nn.Module):
       `embed(x, var_ids, lead_hours, var_mask)` -> tokens (B, L, D)   (tokenizer, aggregation, embeddings)
       `self.blocks`: nn.ModuleList of identical `Block`s, tokens (B, L, D) -> (B, L, D)
       `forward_head(tokens)` -> (B, V_out, H, W)                       (final norm, linear, unpatchify)
+
+    Fine-tuning names its parts: `BACKBONE_MODULES` are frozen by `finetune.freeze: backbone`, and
+    everything but `HEAD_MODULES` by `all_but_head` (subclasses with other heads redefine them).
     """
+
+    BACKBONE_MODULES: tuple[str, ...] = ("blocks",)
+    HEAD_MODULES: tuple[str, ...] = ("norm", "head")
 
     def __init__(self, config: OrbitConfig):
         super().__init__()

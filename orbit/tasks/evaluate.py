@@ -1,0 +1,94 @@
+"""`orbit evaluate`: score a trained run's checkpoint and write its predictions as an xarray dataset.
+
+The run is rebuilt from its own `config.yaml` (so the data, model and metrics are those it was
+trained with), on whatever layout this launch has: the checkpoint is resharded on load.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import xarray as xr
+
+from orbit.config import load_config
+from orbit.parallel.checkpoint import load_distributed
+from orbit.parallel.env import init_distributed
+from orbit.parallel.parallelize import build_engine
+from orbit.tasks import build_task
+from orbit.train import checkpoint as ckpt
+from orbit.train.logging import log, setup_console_logging, write_json
+
+PREDICTION_FORMATS = {"zarr": ".zarr", "netcdf": ".nc"}
+
+
+def find_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
+    """The given checkpoint, or the newest complete one of the run."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not (path / ".metadata").is_file():
+            raise FileNotFoundError(f"--checkpoint {str(path)!r} is not a complete checkpoint directory")
+        return path
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} holds no complete checkpoint under checkpoints/")
+    return latest
+
+
+def write_predictions(dataset: xr.Dataset, path: Path) -> Path:
+    """Write atomically: a temporary sibling renamed into place, so a reader never sees half a file."""
+    suffix = path.suffix
+    if suffix not in PREDICTION_FORMATS.values():
+        raise ValueError(f"predictions path {str(path)!r} must end in one of {list(PREDICTION_FORMATS.values())}")
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    if suffix == ".zarr":
+        dataset.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
+    else:
+        dataset.to_netcdf(tmp)
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    tmp.rename(path)
+    return path
+
+
+def run_evaluation(run_dir: str | Path, checkpoint: str | Path | None = None, out_dir: str | Path | None = None,
+                   fmt: str = "zarr", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate `run_dir`'s checkpoint; writes evaluation.json, the task's report and predictions."""
+    setup_console_logging()
+    if fmt not in PREDICTION_FORMATS:
+        raise ValueError(f"--format {fmt!r} is not valid; use one of {list(PREDICTION_FORMATS)}")
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{str(config)!r} not found: --run-dir must be a directory written by "
+                                f"`orbit pretrain` or `orbit finetune`")
+    # weights come from the checkpoint: no pretrained init, nothing frozen, an engine without optimizer
+    cfg = load_config(config, [*(overrides or []), "finetune.init=null", "finetune.freeze=none",
+                               "finetune.replace=[]", "parallel.engine=fsdp"])
+    path = find_checkpoint(run_dir, checkpoint)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "evaluation"
+    init_distributed(cfg.parallel.timeout_s)
+    is_main = not dist.is_initialized() or dist.get_rank() == 0
+    task = build_task(cfg)
+    engine = build_engine(task.build_model(), cfg.parallel, loss_fn=task.loss_fn, precision=cfg.train.precision,
+                          activation_checkpointing=False, batch_size=cfg.data.batch_size)
+    step = load_distributed(path, engine.parts)["step"]
+    log.info("evaluating %s (step %d) of task %s", path, step, cfg.task)
+    engine.train(False)
+    device_type = next(iter(engine.parameters())).device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" \
+        else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        summary = {"step": step, "checkpoint": str(path), **task.evaluate(engine, step)}
+        predictions = task.predictions(engine)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "evaluation.json", summary)
+        task.report(summary, out_dir)
+        written = write_predictions(predictions, out_dir / f"predictions{PREDICTION_FORMATS[fmt]}")
+        log.info("wrote %s", written)
+    return summary
