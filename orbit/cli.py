@@ -43,6 +43,26 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_elm(args) -> int:
+    from orbit.data.elm_dataset import write_dataset
+
+    path = write_dataset(args.out, overwrite=args.overwrite, grid=args.grid, seed=args.seed, tol=args.tol,
+                         max_years=args.max_years, holdout=args.holdout, block=args.block)
+    print(path)
+    return 0
+
+
+def cmd_downscale_data(args) -> int:
+    from orbit.data.downscale import synthesize
+
+    path = synthesize(args.out, source=args.source, years=_years(args.years),
+                      train_years=_years(args.train_years) if args.train_years else None,
+                      coarse_grid=args.coarse_grid, scale=args.scale, seed=args.seed, step_hours=args.step_hours,
+                      overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
 def cmd_train(args) -> int:
     from orbit.config import load_config
     from orbit.tasks.runner import run_training
@@ -86,6 +106,17 @@ def cmd_info(args) -> int:
     config = get_config(args.model, **parse_overrides(args.overrides))
     print(json.dumps(model_info(config), indent=2))
     return 0
+
+
+def cmd_plan(args) -> int:
+    from orbit.config import load_config
+    from orbit.parallel.plan import Cluster, format_plan, parse_memory, plan
+
+    cluster = Cluster(args.nodes, args.gpus_per_node, parse_memory(args.gpu_memory), headroom=args.headroom)
+    result = plan(load_config(args.config, args.overrides), cluster, grid=args.grid, top=args.top,
+                  always_suggest=args.suggest, flash_attention=not args.math_attention)
+    print(format_plan(result))
+    return 0 if result.fits else 1
 
 
 def cmd_bench(args) -> int:
@@ -134,6 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
 
+    elm = data.add_parser("elm", help="generate the ELM spin-up emulator training set (toy land model spin-up)")
+    elm.add_argument("--out", default="data/elm/elm.zarr", help="zarr store to write")
+    elm.add_argument("--grid", type=_grid, default=(64, 128), help="lat x lon of the toy Earth, e.g. 128x256")
+    elm.add_argument("--seed", type=int, default=0)
+    elm.add_argument("--tol", type=float, default=0.02, help="equilibrium criterion |NEE| < tol, gC m-2 yr-1")
+    elm.add_argument("--max-years", type=int, default=6000, help="spin-up years before a cell is dropped")
+    elm.add_argument("--holdout", type=float, default=0.2, help="fraction of spatial blocks held out")
+    elm.add_argument("--block", type=int, default=4, help="held-out block size in grid cells")
+    elm.add_argument("--overwrite", action="store_true")
+    elm.set_defaults(func=cmd_elm)
+
+    down = data.add_parser("downscale", help="generate toy-Earth downscaling pairs (fine fields + their block means)")
+    down.add_argument("--out", default="data/downscale/reanalysis_16x32_x4.zarr", help="zarr store to write")
+    down.add_argument("--source", default="reanalysis", help="toy-Earth source of the large-scale state")
+    down.add_argument("--years", nargs=2, type=int, default=[1990, 1992], metavar=("FIRST", "LAST"))
+    down.add_argument("--train-years", nargs=2, type=int, default=None, metavar=("FIRST", "LAST"),
+                      help="years of the normalization statistics (default: all but the last year)")
+    down.add_argument("--coarse-grid", type=_grid, default=(16, 32), help="lat x lon of the model input, e.g. 16x32")
+    down.add_argument("--scale", type=int, default=4, help="fine cells per coarse cell along each axis")
+    down.add_argument("--step-hours", type=int, default=12, help="hours between stored steps (multiple of 6)")
+    down.add_argument("--seed", type=int, default=0)
+    down.add_argument("--overwrite", action="store_true")
+    down.set_defaults(func=cmd_downscale_data)
+
     for name, text in (("pretrain", "pretrain ORBIT on the configured sources"),
                        ("finetune", "fine-tune on a task (forecast, downscale, elm_spinup) named by the config")):
         train = sub.add_parser(name, help=text)
@@ -159,6 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", required=True, help="preset name, e.g. tiny, 115m, 1b, 10b, 113b")
     info.add_argument("overrides", nargs="*", help="preset overrides, e.g. depth=4")
     info.set_defaults(func=cmd_info)
+
+    plan = sub.add_parser(
+        "plan", help="will a config's parallel layout fit a cluster? memory, traffic, better layouts (no allocation)",
+        description="Print the mesh layout, memory per rank (parameters, gradients, optimizer, activations with "
+                    "and without activation checkpointing) and bytes per mesh axis of a run, without allocating "
+                    "anything. Exit code 0 when the layout is valid and fits, 1 when it does not (a warning and "
+                    "layouts that fit are printed), 2 on a bad argument or config.")
+    plan.add_argument("--config", required=True, help="YAML file under configs/")
+    plan.add_argument("--nodes", type=int, required=True, help="number of nodes")
+    plan.add_argument("--gpus-per-node", type=int, default=8, help="ranks per node (Frontier: 8 GCDs)")
+    plan.add_argument("--gpu-memory", default="64GiB", help="memory of one GPU, e.g. 64GiB (MI250X GCD), 80GB")
+    plan.add_argument("--headroom", type=float, default=0.15,
+                      help="fraction of GPU memory kept free for transients and fragmentation")
+    plan.add_argument("--grid", type=_grid, default=None,
+                      help="lat x lon of the data stores, e.g. 128x256 (default: the preset's img_size)")
+    plan.add_argument("--top", type=int, default=5, help="how many suggested layouts to print")
+    plan.add_argument("--suggest", action="store_true", help="print suggestions even when the layout fits")
+    plan.add_argument("--math-attention", action="store_true",
+                      help="plan for attention that keeps the L x L softmax (no flash / memory-efficient SDPA)")
+    plan.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=8 data.batch_size=2")
+    plan.set_defaults(func=cmd_plan)
 
     bench = sub.add_parser("bench", help="parallel scaling benchmark: time, MFU, memory, bytes per mesh axis")
     bench.add_argument("--sizes", nargs="+", default=["d128", "d256"], choices=["d128", "d256"],

@@ -32,6 +32,8 @@ Scalars (loss averages, gradient norms) are left out.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from orbit.models.config import OrbitConfig
@@ -59,8 +61,11 @@ def axis_label(name: str, dims: ParallelDims) -> str:
     return on[0] if len(on) == 1 else name
 
 
+@functools.lru_cache(maxsize=64)
 def params_per_tp_rank(config: OrbitConfig, tp: int) -> dict[str, list[int]]:
-    """Elements per tp rank: {"blocks": [per block], "front": front end + embeddings, "head": norm + head}."""
+    """Elements per tp rank: {"blocks": [per block], "front": front end + embeddings, "head": norm + head}.
+
+    Cached (a planner's layout search asks again for every layout); callers must not mutate the result."""
     with torch.device("meta"):
         model = OrbitViT(config)
 

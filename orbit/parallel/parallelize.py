@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from orbit.models.config import OrbitConfig
 from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
 from orbit.parallel.env import launched_world_size
 from orbit.parallel.engine import LocalEngine, LossFn, OptimizerFactory, TorchOptimizerEngine
@@ -29,27 +30,34 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else launched_world_size()
 
 
-def validate_layout(model: nn.Module, dims: ParallelDims, parallel_cfg, batch_size: int) -> None:
-    """Errors a user can fix in the config, raised before any collective is issued."""
-    cfg = model.config
+def layout_problems(config: OrbitConfig, dims: ParallelDims, parallel_cfg, batch_size: int) -> list[str]:
+    """What makes this layout impossible for a model of `config`, one sentence each (empty: valid).
+
+    Needs only the architecture, so `orbit plan` checks layouts without building a model."""
     problems = []
-    if cfg.num_heads % (dims.tp * dims.sp):
-        problems.append(f"num_heads={cfg.num_heads} is not divisible by tp*sp={dims.tp * dims.sp} "
+    if config.num_heads % (dims.tp * dims.sp):
+        problems.append(f"num_heads={config.num_heads} is not divisible by tp*sp={dims.tp * dims.sp} "
                         f"(tensor parallel splits whole heads, Ulysses splits the local heads across sp)")
-    if cfg.agg_heads % dims.tp:
-        problems.append(f"agg_heads={cfg.agg_heads} is not divisible by tp={dims.tp}")
-    if cfg.num_tokens % dims.sp:
-        problems.append(f"{cfg.num_tokens} spatial tokens are not divisible by sp={dims.sp}")
+    if config.agg_heads % dims.tp:
+        problems.append(f"agg_heads={config.agg_heads} is not divisible by tp={dims.tp}")
+    if config.num_tokens % dims.sp:
+        problems.append(f"{config.num_tokens} spatial tokens are not divisible by sp={dims.sp}")
     stages = dims.pp * parallel_cfg.pp_stages_per_rank
     if dims.pp > 1:
-        if cfg.depth < stages:
-            problems.append(f"depth={cfg.depth} blocks are fewer than the {stages} pipeline stages")
+        if config.depth < stages:
+            problems.append(f"depth={config.depth} blocks are fewer than the {stages} pipeline stages")
         microbatches = parallel_cfg.pp_microbatches or stages
         if microbatches < stages:
             problems.append(f"pp_microbatches={microbatches} is fewer than the {stages} pipeline stages")
         if batch_size % microbatches:
             problems.append(f"data.batch_size={batch_size} per data rank is not divisible by "
                             f"pp_microbatches={microbatches}")
+    return problems
+
+
+def validate_layout(config: OrbitConfig, dims: ParallelDims, parallel_cfg, batch_size: int) -> None:
+    """Errors a user can fix in the config, raised before any collective is issued."""
+    problems = layout_problems(config, dims, parallel_cfg, batch_size)
     if problems:
         raise ValueError("invalid parallel layout " + str(dims.degrees) + ": " + "; ".join(problems))
 
@@ -157,7 +165,7 @@ def build_engine(model: nn.Module, parallel_cfg, *, loss_fn: LossFn, precision: 
         if activation_checkpointing:
             apply_activation_checkpointing(model)
         return LocalEngine(model, make_optimizer)
-    validate_layout(model, dims, parallel_cfg, batch_size)
+    validate_layout(model.config, dims, parallel_cfg, batch_size)
     if parallel_cfg.engine == "deepspeed":
         return build_zero_engine(model, dims, parallel_cfg, make_optimizer=make_optimizer,
                                  activation_checkpointing=activation_checkpointing, batch_size=batch_size,
