@@ -55,6 +55,16 @@ def layout_problems(config: OrbitConfig, dims: ParallelDims, parallel_cfg, batch
     return problems
 
 
+def _check_model_splits(model: nn.Module, dims: ParallelDims) -> None:
+    """Pipeline stages and sequence bands cut at `embed` / `blocks` / `forward_head`: models without
+    that three-part structure (task models with their own encoders) take tp and data parallelism only."""
+    staged = all(callable(getattr(model, name, None)) for name in ("embed", "forward_head"))
+    if not staged and (dims.pp > 1 or dims.sp > 1):
+        raise ValueError(f"{type(model).__name__} has no embed/forward_head split, so parallel.pp={dims.pp} and "
+                         f"parallel.sp={dims.sp} cannot cut it; use parallel.pp=1 parallel.sp=1 with tp, "
+                         f"dp_shard and dp_replicate")
+
+
 def validate_layout(config: OrbitConfig, dims: ParallelDims, parallel_cfg, batch_size: int) -> None:
     """Errors a user can fix in the config, raised before any collective is issued."""
     problems = layout_problems(config, dims, parallel_cfg, batch_size)
@@ -165,6 +175,7 @@ def build_engine(model: nn.Module, parallel_cfg, *, loss_fn: LossFn, precision: 
         if activation_checkpointing:
             apply_activation_checkpointing(model)
         return LocalEngine(model, make_optimizer)
+    _check_model_splits(model, dims)
     validate_layout(model.config, dims, parallel_cfg, batch_size)
     if parallel_cfg.engine == "deepspeed":
         return build_zero_engine(model, dims, parallel_cfg, make_optimizer=make_optimizer,
