@@ -1,0 +1,269 @@
+"""Training set of the ELM spin-up emulator: per land cell, forcing + site + maps in, spun-up equilibrium out.
+
+Geography (land mask, orography) is the toy Earth's (`orbit.data.synth.make_statics`); the climate is
+derived from latitude, elevation and continentality plus smooth random fields (`n_k`, unit std):
+  annual mean T = -16 + 44 cos(lat) - 0.0065 z + 2.5 n1  [degC]; seasonal amplitude
+  (1.5 + 18 |sin lat|^1.2)(0.6 + 0.6 c) with continentality c (smoothed land mask), coldest in January
+  (north) / July (south); soil moisture: ITCZ-wet, subtropics-dry, wetter mid-latitudes + 0.12 n2, monsoon
+  season in the tropics; radiation = daily-mean top-of-atmosphere insolation x cloud transmissivity.
+  Each month also gets small white noise (0.5 degC, 0.02 moisture), so no two cells share a series.
+  clay, sand, N deposition are smooth random fields; the PFT follows the climate (dry -> grass,
+  warm -> tropical, cold -> boreal, else temperate). Cells colder than -10 degC (ice) are left out.
+The equilibrium is the land model's AD spin-up to a strict criterion (|NEE| < `tol` for `window` years in
+both phases) — close enough to a fixed point that one more year changes no pool by more than ~0.1 gC m-2.
+Held-out cells are whole spatial blocks (`block` x `block` grid cells), so test cells are not neighbours of
+training cells.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+
+from orbit.data import land_model as lm
+from orbit.data.synth import check_grid, make_statics
+
+SOLAR_CONSTANT = 1361.0  # W m-2
+ICE_TMEAN = -10.0  # degC: colder cells are ice sheets, without vegetation
+FORCING_VARS = ("tair", "soil_moisture", "radiation")
+SITE_VARS = ("clay", "sand", "ndep", "elevation", "latitude")
+MAP_VARS = ("orography", "land_sea_mask", "tmean", "wmean", "clay", "sand", "ndep")
+VAR_ATTRS = {
+    "tair": {"units": "degC", "long_name": "monthly mean air/soil temperature (cycled climatology)"},
+    "soil_moisture": {"units": "1", "long_name": "monthly relative soil moisture"},
+    "radiation": {"units": "W m-2", "long_name": "monthly mean surface shortwave radiation"},
+    "clay": {"units": "1", "long_name": "soil clay fraction"},
+    "sand": {"units": "1", "long_name": "soil sand fraction"},
+    "ndep": {"units": "gN m-2 yr-1", "long_name": "nitrogen deposition"},
+    "elevation": {"units": "m", "long_name": "surface height"},
+    "latitude": {"units": "degrees_north", "long_name": "cell latitude"},
+    "pft": {"units": "1", "long_name": "plant functional type index", "flag_meanings": " ".join(lm.PFTS)},
+    "tmean": {"units": "degC", "long_name": "annual mean temperature"},
+    "wmean": {"units": "1", "long_name": "annual mean relative soil moisture"},
+    "orography": {"units": "m", "long_name": "surface height above sea level"},
+    "land_sea_mask": {"units": "1", "long_name": "land-sea mask (1 = land)"},
+}
+
+
+def smooth_field(rng: np.random.Generator, grid: tuple[int, int], sigma_cells: float) -> np.ndarray:
+    """A smooth random field with unit standard deviation: white noise blurred (periodic in longitude)."""
+    field = ndimage.gaussian_filter(rng.standard_normal(grid), sigma_cells, mode=("nearest", "wrap"))
+    return (field - field.mean()) / field.std()
+
+
+def insolation(lat_deg: np.ndarray, month: np.ndarray) -> np.ndarray:
+    """Daily-mean top-of-atmosphere insolation (W m-2) at mid-month: lat (...), month (12,) -> (..., 12)."""
+    doy = (np.asarray(month) + 0.5) * 365.25 / 12
+    decl = np.deg2rad(23.44) * np.sin(2 * np.pi * (doy - 80.0) / 365.25)
+    phi = np.deg2rad(lat_deg)[..., None]
+    h0 = np.arccos(np.clip(-np.tan(phi) * np.tan(decl), -1.0, 1.0))
+    return SOLAR_CONSTANT / np.pi * (h0 * np.sin(phi) * np.sin(decl) + np.cos(phi) * np.cos(decl) * np.sin(h0))
+
+
+def make_climate(grid: tuple[int, int], seed: int) -> xr.Dataset:
+    """Maps (lat, lon) of statics and climate, and the monthly forcing (lat, lon, month), for every cell."""
+    rng = np.random.default_rng(seed)
+    statics = make_statics(grid)
+    lat = statics.lat.values.astype(np.float64)
+    lat2d = np.broadcast_to(lat[:, None], grid)
+    z = statics.orography.values.astype(np.float64)
+    land = statics.land_sea_mask.values.astype(np.float64)
+    cells = grid[0] / 32.0  # noise length scales are set on the 32 x 64 grid
+    n1, n2, n3, n4, n5 = (smooth_field(rng, grid, 2.0 * cells) for _ in range(5))
+    cont = ndimage.gaussian_filter(land, 3.0 * cells, mode=("nearest", "wrap"))
+    abs_lat = np.abs(lat2d)
+    tmean = -16.0 + 44.0 * np.cos(np.deg2rad(lat2d)) - 0.0065 * z + 2.5 * n1
+    amp = (1.5 + 18.0 * np.abs(np.sin(np.deg2rad(lat2d))) ** 1.2) * (0.6 + 0.6 * cont)
+    wmean = (0.5 + 0.3 * np.exp(-(lat2d / 12.0) ** 2) - 0.3 * np.exp(-((abs_lat - 25.0) / 9.0) ** 2)
+             + 0.1 * np.exp(-((abs_lat - 55.0) / 12.0) ** 2) + 0.12 * n2 - 0.15 * (cont - 0.5))
+    wmean = np.clip(wmean, 0.05, 0.95)
+    month = np.arange(lm.MONTHS)
+    phase = np.cos(2 * np.pi * (month + 0.5) / lm.MONTHS)  # +1 in January
+    hemi = np.sign(lat2d)[..., None]
+    tair = tmean[..., None] - hemi * amp[..., None] * phase + 0.5 * rng.standard_normal((*grid, lm.MONTHS))
+    monsoon = 0.15 * np.exp(-((abs_lat - 12.0) / 10.0) ** 2)
+    moist = np.clip(wmean[..., None] - hemi * monsoon[..., None] * phase
+                    + 0.02 * rng.standard_normal((*grid, lm.MONTHS)), 0.02, 1.0)
+    transmissivity = np.clip(0.75 - 0.35 * (moist - 0.3), 0.35, 0.8)
+    radiation = insolation(lat2d, month) * transmissivity
+    clay = 0.05 + 0.45 * lm.sigmoid(1.5 * n3)
+    sand = (0.05 + 0.8 * lm.sigmoid(1.5 * n4)) * (1.0 - clay)
+    ndep = 0.1 + 2.0 * lm.sigmoid(1.5 * n5 - 1.0)
+    dims, fdims = ("lat", "lon"), ("lat", "lon", "month")
+    return xr.Dataset(
+        {"orography": (dims, z), "land_sea_mask": (dims, land), "tmean": (dims, tmean),
+         "wmean": (dims, moist.mean(axis=-1)), "clay": (dims, clay), "sand": (dims, sand), "ndep": (dims, ndep),
+         "tair": (fdims, tair), "soil_moisture": (fdims, moist), "radiation": (fdims, radiation)},
+        coords={"lat": lat, "lon": statics.lon.values.astype(np.float64), "month": month + 1})
+
+
+def assign_pft(tmean: np.ndarray, wmean: np.ndarray) -> np.ndarray:
+    """PFT index by climate: grass where dry, else tropical / boreal / temperate by temperature."""
+    pft = np.where(tmean > 20.0, 0, np.where(tmean < 4.0, 2, 1))
+    return np.where(wmean < 0.35, 3, pft)
+
+
+def holdout_blocks(rows: np.ndarray, cols: np.ndarray, block: int, fraction: float, seed: int) -> np.ndarray:
+    """(N,) 1 for held-out cells: all cells of a random `fraction` of the occupied `block`-sized tiles."""
+    if not 0.0 < fraction < 1.0 or block < 1:
+        raise ValueError(f"need 0 < holdout fraction < 1 and block >= 1, got {fraction}, {block}")
+    tile = (rows // block) * 100_000 + cols // block
+    tiles = np.unique(tile)
+    rng = np.random.default_rng(seed + 1)
+    chosen = rng.choice(tiles, size=max(1, round(fraction * tiles.size)), replace=False)
+    return np.isin(tile, chosen).astype(np.int8)
+
+
+def cell_inputs(climate: xr.Dataset) -> tuple[np.ndarray, np.ndarray, lm.Forcing, lm.Site]:
+    """Rows, cols of the vegetated land cells, and their land-model forcing and site."""
+    land = (climate.land_sea_mask.values > 0.5) & (climate.tmean.values > ICE_TMEAN)
+    rows, cols = np.nonzero(land)
+    pick = lambda name: climate[name].values[rows, cols]  # noqa: E731
+    forcing = lm.Forcing(pick("tair"), pick("soil_moisture"), pick("radiation"))
+    site = lm.Site(clay=pick("clay"), sand=pick("sand"), pft=assign_pft(pick("tmean"), pick("wmean")),
+                   ndep=pick("ndep"))
+    return rows, cols, forcing, site
+
+
+def generate(grid: tuple[int, int] = (64, 128), seed: int = 0, tol: float = 0.02, window: int = 5,
+             max_years: int = 6000, holdout: float = 0.2, block: int = 4) -> xr.Dataset:
+    """The whole training set as one dataset (dims cell, month, lat, lon); see the module docstring."""
+    grid = check_grid(grid)
+    climate = make_climate(grid, seed)
+    rows, cols, forcing, site = cell_inputs(climate)
+    model = lm.LandModel(forcing, site)
+    start = time.perf_counter()
+    result = lm.spin_up(model, lm.cold_start(model.n), tol=tol, window=window, max_years=max_years,
+                        accelerated=True)
+    wall = time.perf_counter() - start
+    converged = result.years >= 0
+    outputs = lm.equilibrium_outputs(model, result.state, result.fluxes)
+    cell = ("cell",)
+    data = {name: (cell, value, {"units": lm.output_units(name), "role": "output"}) for name, value in outputs.items()}
+    for name in FORCING_VARS:
+        data[name] = (("cell", "month"), getattr(forcing, name), VAR_ATTRS[name])
+    site_values = {"clay": site.clay, "sand": site.sand, "ndep": site.ndep,
+                   "elevation": climate.orography.values[rows, cols], "latitude": climate.lat.values[rows]}
+    for name, value in site_values.items():
+        data[name] = (cell, value, VAR_ATTRS[name])
+    data["pft"] = (cell, site.pft.astype(np.int8), VAR_ATTRS["pft"])
+    for name in MAP_VARS:
+        data[f"map_{name}"] = (("lat", "lon"), climate[name].values, VAR_ATTRS[name])
+    data["row"], data["col"] = (cell, rows.astype(np.int32)), (cell, cols.astype(np.int32))
+    data["split"] = (cell, holdout_blocks(rows, cols, block, holdout, seed),
+                     {"long_name": "0 = training cell, 1 = held-out test cell"})
+    data["spinup_years_ad"] = (cell, result.years, {"units": "yr", "long_name": "AD + normal spin-up years used"})
+    data["final_nee"] = (cell, result.fluxes["nee"], {"units": "gC m-2 yr-1", "long_name": "NEE of the last year"})
+    ds = xr.Dataset(
+        {k: xr.Variable(v[0], np.asarray(v[1]), v[2] if len(v) > 2 else {}) for k, v in data.items()},
+        coords={"lat": climate.lat.values, "lon": climate.lon.values, "month": climate.month.values,
+                "cell_lat": (cell, climate.lat.values[rows], {"units": "degrees_north"}),
+                "cell_lon": (cell, climate.lon.values[cols], {"units": "degrees_east"})})
+    ds.lat.attrs.update(units="degrees_north", standard_name="latitude")
+    ds.lon.attrs.update(units="degrees_east", standard_name="longitude")
+    ds.attrs.update(grid=f"{grid[0]}x{grid[1]}", seed=seed, tol_gc_m2_yr=tol, window_years=window,
+                    spinup_wall_s=wall, cells=int(model.n), unconverged_cells=int((~converged).sum()),
+                    outputs=" ".join(lm.OUTPUTS))
+    return ds.isel(cell=np.nonzero(converged)[0])
+
+
+def write_dataset(path: str | Path, overwrite: bool = False, **kwargs) -> Path:
+    """Generate (see `generate`) and write to a zarr store at `path`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) to replace it")
+    ds = generate(**kwargs)
+    ds.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
+    return path
+
+
+def open_dataset(path: str | Path) -> xr.Dataset:
+    """Open a store written by `write_dataset`, with a clear error when it is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ELM training set {str(path)!r} not found; create it with "
+                                f"`orbit data elm --out {path}`")
+    return xr.open_zarr(path, consolidated=True)
+
+
+# --------------------------------------------------------------------------- model-ready arrays
+def extract_patches(maps: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """maps (C, H, W) -> patches (N, C, size, size) centred on each cell; longitude wraps, latitude
+    repeats the edge row (beyond the pole there is no other cell to show)."""
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"patch size must be a positive odd number of cells, got {size}")
+    r = size // 2
+    padded = np.pad(maps, ((0, 0), (r, r), (0, 0)), mode="edge")
+    offsets = np.arange(-r, r + 1)
+    row_idx = (rows[:, None] + r + offsets[None, :])[:, :, None]  # (N, K, 1)
+    col_idx = ((cols[:, None] + offsets[None, :]) % maps.shape[2])[:, None, :]  # (N, 1, K)
+    return padded[:, row_idx, col_idx].transpose(1, 0, 2, 3)
+
+
+def _zscore(values: np.ndarray, fit: np.ndarray, axis) -> np.ndarray:
+    mean = fit.mean(axis=axis, keepdims=True)
+    std = np.maximum(fit.std(axis=axis, keepdims=True), 1e-6)
+    return (values - mean) / std
+
+
+class OutputTransform:
+    """Equilibrium outputs <-> training space: log(y + offset) for outputs that are never negative (pools
+    span orders of magnitude across cells), then a z-score, all fitted on the training cells."""
+
+    def __init__(self, train_values: np.ndarray):
+        """train_values: (N_train, O) in physical units."""
+        self.log = train_values.min(axis=0) >= 0
+        self.offset = np.where(self.log, 1e-3 * np.abs(train_values).mean(axis=0) + 1e-9, 0.0)
+        t = self._pre(train_values)
+        self.mean, self.std = t.mean(axis=0), np.maximum(t.std(axis=0), 1e-9)
+
+    def _pre(self, y: np.ndarray) -> np.ndarray:
+        safe = np.where(self.log, np.maximum(y, 0.0) + self.offset, 1.0)
+        return np.where(self.log, np.log(safe), y)
+
+    def forward(self, y: np.ndarray) -> np.ndarray:
+        return (self._pre(y) - self.mean) / self.std
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        t = z * self.std + self.mean
+        return np.where(self.log, np.exp(np.minimum(t, 50.0)) - self.offset, t)
+
+
+class ElmArrays:
+    """Normalized model inputs and targets of every cell of a store opened with `open_dataset`.
+
+    forcing (N, 12, 3), statics (N, 5 + n_pft) (z-scored site values + one-hot PFT), patch (N, 7, K, K),
+    target (N, O) in training space, truth (N, O) physical; `train` / `test` index arrays from the
+    store's spatial-block split (`data_fraction` keeps a seeded share of the training cells).
+    """
+
+    def __init__(self, ds: xr.Dataset, patch: int, data_fraction: float = 1.0, seed: int = 0):
+        missing = [v for v in (*FORCING_VARS, *SITE_VARS, "pft", "split", *lm.OUTPUTS) if v not in ds]
+        if missing:
+            raise ValueError(f"the ELM store lacks variables {missing}; regenerate it with `orbit data elm`")
+        ds = ds.load()
+        self.dataset = ds
+        split = ds.split.values
+        train = np.nonzero(split == 0)[0]
+        self.test = np.nonzero(split == 1)[0]
+        if data_fraction < 1.0:
+            keep = max(1, round(data_fraction * train.size))
+            train = np.sort(np.random.default_rng(seed).permutation(train)[:keep])
+        self.train = train
+        forcing = np.stack([ds[v].values for v in FORCING_VARS], axis=-1)
+        self.forcing = _zscore(forcing, forcing[train], axis=(0, 1)).astype(np.float32)
+        site = np.stack([ds[v].values for v in SITE_VARS], axis=-1)
+        one_hot = np.eye(len(lm.PFTS))[ds.pft.values.astype(int)]
+        self.statics = np.concatenate([_zscore(site, site[train], axis=0), one_hot], axis=1).astype(np.float32)
+        maps = np.stack([ds[f"map_{v}"].values for v in MAP_VARS])
+        maps = _zscore(maps, maps, axis=(1, 2))
+        self.patch = extract_patches(maps, ds.row.values, ds.col.values, patch).astype(np.float32)
+        self.truth = np.stack([ds[v].values for v in lm.OUTPUTS], axis=1)
+        self.transform = OutputTransform(self.truth[train])
+        self.target = self.transform.forward(self.truth).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.truth)

@@ -1,0 +1,122 @@
+"""ELM spin-up emulator: R^2 and baseline with known answers, encoder/head shapes, pretrained loading, sampler."""
+import numpy as np
+import pytest
+import torch
+
+from orbit.config import FinetuneConfig
+from orbit.data.elm_dataset import OutputTransform
+from orbit.models.heads.elm_spinup import ElmEmulatorConfig, ElmSpinupEmulator
+from orbit.models.registry import create_model
+from orbit.tasks.elm_spinup import CellSampler, r2_score, ridge_fit_predict
+from orbit.train.finetune import prepare_model
+
+D, DEPTH, HEADS = 32, 2, 2
+
+
+def _config(**kw):
+    base = dict(embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=4.0, qk_norm=True, n_months=12, n_forcing=3,
+                n_static=9, n_map=7, patch=3, n_outputs=39, static_tokens=2)
+    return ElmEmulatorConfig(**{**base, **kw})
+
+
+def _inputs(b=5, patch=3):
+    return torch.randn(b, 12, 3), torch.randn(b, 9), torch.randn(b, 7, patch, patch)
+
+
+def test_r2_known_answers():
+    true = np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+    np.testing.assert_allclose(r2_score(true, true)[0], 1.0)
+    np.testing.assert_allclose(r2_score(np.full((3, 2), 2.0), true)[0], 0.0)  # predicting the mean
+    # residuals (0.5, 0, -0.5): SSres = 0.5, SStot = 2 -> 0.75
+    np.testing.assert_allclose(r2_score(np.array([[0.5], [2.0], [3.5]]), true[:, :1]), [0.75])
+    assert np.isnan(r2_score(true, true)[1])  # a constant output has no R^2
+
+
+def test_ridge_baseline_recovers_a_linear_map():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 4))
+    y = x @ np.array([[1.0], [-2.0], [0.5], [0.0]]) + 3.0
+    np.testing.assert_allclose(ridge_fit_predict(x, y, x[:5], alpha=1e-10), y[:5], atol=1e-6)
+
+
+def test_output_transform_round_trips_and_logs_only_nonnegative_outputs():
+    y = np.array([[1.0, -1.0, 0.0], [100.0, 2.0, 5.0], [1e4, 3.0, 10.0]])
+    tf = OutputTransform(y)
+    assert tf.log.tolist() == [True, False, True]
+    np.testing.assert_allclose(tf.inverse(tf.forward(y)), y, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(tf.forward(y).mean(axis=0), 0.0, atol=1e-12)
+
+
+def test_encoders_and_head_shapes():
+    model = ElmSpinupEmulator(_config())
+    f, s, p = _inputs()
+    assert model.tokens(f, s, p).shape == (5, model.config.num_tokens, D) and model.config.num_tokens == 1 + 12 + 2 + 9
+    assert model.forcing_encoder(f).shape == (5, 12, D)
+    assert model.static_encoder(s).shape == (5, 2, D)
+    assert model.spatial_encoder(p).shape == (5, 9, D)
+    out = model(f, s, p)
+    assert out.shape == (5, 39) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="forcing must be"):
+        model(torch.randn(5, 11, 3), s, p)
+    with pytest.raises(ValueError, match="odd"):
+        _config(patch=4)
+
+
+def test_forcing_encoder_is_periodic_in_the_month():
+    """A cycled climatology has no first month: rolling the series rolls the conv features."""
+    enc = ElmSpinupEmulator(_config()).forcing_encoder
+    f = torch.randn(2, 12, 3)
+    rolled = enc.conv(torch.roll(f, 3, dims=1).transpose(1, 2))
+    torch.testing.assert_close(rolled, torch.roll(enc.conv(f.transpose(1, 2)), 3, dims=2))
+
+
+@pytest.fixture
+def pretrained_file(tmp_path):
+    torch.manual_seed(1)
+    vit = create_model("tiny", embed_dim=D, depth=DEPTH, num_heads=HEADS)
+    path = tmp_path / "pretrained.pt"
+    torch.save(vit.state_dict(), path)
+    return vit, path
+
+
+def test_pretrained_blocks_load_and_replaced_parts_stay_new(pretrained_file):
+    vit, path = pretrained_file
+    torch.manual_seed(2)
+    fresh = ElmSpinupEmulator(_config())
+    head_before = fresh.head[0].weight.clone()
+    model = prepare_model(fresh, FinetuneConfig(init=str(path), replace=list(ElmSpinupEmulator.NEW_MODULES)))
+    for name, tensor in vit.blocks.state_dict().items():
+        torch.testing.assert_close(model.blocks.state_dict()[name], tensor)
+    torch.testing.assert_close(model.norm.weight, vit.norm.weight)
+    torch.testing.assert_close(model.head[0].weight, head_before)
+    with pytest.raises(ValueError, match="forcing_encoder"):  # a new part must be named in finetune.replace
+        prepare_model(ElmSpinupEmulator(_config()), FinetuneConfig(init=str(path), replace=["head"]))
+
+
+def test_freezing_the_backbone_trains_only_the_new_parts(pretrained_file):
+    _, path = pretrained_file
+    model = prepare_model(ElmSpinupEmulator(_config()), FinetuneConfig(
+        init=str(path), freeze="backbone", replace=list(ElmSpinupEmulator.NEW_MODULES)))
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert "blocks" not in trainable and {"head", "forcing_encoder", "norm"} <= trainable
+    model = prepare_model(ElmSpinupEmulator(_config()), FinetuneConfig(
+        init=str(path), freeze="all_but_head", replace=list(ElmSpinupEmulator.NEW_MODULES)))
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"norm", "head"}
+
+
+def test_cell_sampler_resumes_and_splits_ranks():
+    cells = np.arange(20)
+    a = CellSampler(cells, 3, seed=0, rank=0, world_size=1)
+    it = iter(a)
+    first = [next(it) for _ in range(4)]  # crosses the epoch boundary (6 full batches per epoch)
+    state = a.state_dict()
+    expected = [next(it) for _ in range(5)]
+    b = CellSampler(cells, 3, seed=0, rank=0, world_size=1)
+    b.load_state_dict(state)
+    resumed = iter(b)
+    for want in expected:
+        np.testing.assert_array_equal(next(resumed), want)
+    assert len(np.unique(np.concatenate(first))) == 12
+    r0 = next(iter(CellSampler(cells, 10, 0, 0, 2)))
+    r1 = next(iter(CellSampler(cells, 10, 0, 1, 2)))
+    assert set(r0).isdisjoint(r1) and len(r0) + len(r1) == 20

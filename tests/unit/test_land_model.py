@@ -1,0 +1,118 @@
+"""Toy land C/N model: budgets close every step, spin-up ends at a fixed point, linear pools hit input / k."""
+import numpy as np
+import pytest
+
+from orbit.data import land_model as lm
+from orbit.data.elm_dataset import extract_patches, holdout_blocks, insolation
+
+MONTH = np.arange(12)
+
+
+def _cells(constant_months: bool = False):
+    """Six cells covering every PFT, wet/dry, warm/cold; optionally the same forcing every month."""
+    n = 6
+    tmean = np.array([26.0, 14.0, -2.0, 18.0, 9.0, 24.0])
+    amp = np.array([2.0, 10.0, 18.0, 8.0, 12.0, 3.0]) * (0.0 if constant_months else 1.0)
+    tair = tmean[:, None] - amp[:, None] * np.cos(2 * np.pi * (MONTH + 0.5) / 12)
+    moist = np.broadcast_to(np.array([0.7, 0.5, 0.55, 0.25, 0.6, 0.9])[:, None], (n, 12)).copy()
+    rad = np.array([220.0, 160.0, 110.0, 230.0, 150.0, 200.0])[:, None] * (
+        1.0 - (0.0 if constant_months else 0.4) * np.cos(2 * np.pi * (MONTH + 0.5) / 12))
+    site = lm.Site(clay=np.array([0.2, 0.3, 0.1, 0.05, 0.4, 0.25]), sand=np.array([0.3, 0.3, 0.5, 0.8, 0.1, 0.4]),
+                   pft=np.array([0, 1, 2, 3, 1, 0]), ndep=np.array([0.5, 1.0, 0.2, 0.3, 2.0, 0.8]))
+    return lm.LandModel(lm.Forcing(tair, moist, rad), site)
+
+
+def test_every_step_closes_the_carbon_and_nitrogen_budgets():
+    model = _cells()
+    state = lm.cold_start(model.n)
+    for year in range(40):  # through the fast-growing transient, where every flux is large
+        for month in range(12):
+            c0, n0 = model.total_c(state), model.total_n(state)
+            state, f = model.step(state, month)
+            np.testing.assert_allclose(model.total_c(state) - c0, f["gpp"] - f["ra"] - f["hr"], atol=1e-8, rtol=1e-10)
+            np.testing.assert_allclose(model.total_n(state) - n0, f["ndep"] + f["nfix"] - f["nloss"], atol=1e-9,
+                                       rtol=1e-10)
+            assert (state >= 0).all()
+    assert (f["gpp"] > 0).any() and (f["hr"] > 0).all()
+
+
+@pytest.fixture(scope="module")
+def spun_up():
+    model = _cells()
+    return model, lm.spin_up(model, lm.cold_start(model.n), tol=0.02, window=5, max_years=6000, accelerated=True)
+
+
+def test_ad_spin_up_ends_at_a_fixed_point(spun_up):
+    model, result = spun_up
+    assert (result.years > 100).all()  # from a cold start equilibrium takes centuries
+    after, fluxes = model.run_year(result.state.copy())
+    change = np.abs(after - result.state)
+    assert change.max() < 0.2  # gC or gN m-2 in one more year
+    assert np.abs(fluxes["nee"]).max() < 0.02
+    np.testing.assert_allclose(fluxes["ndep"] + fluxes["nfix"], fluxes["nloss"], atol=5e-3)  # N inputs = losses
+    again = lm.spin_up(model, result.state.copy(), tol=0.02, window=5, max_years=50)
+    assert (again.years == 0).all()  # an equilibrium start meets the criterion at once
+
+
+def test_plain_spin_up_from_cold_start_takes_hundreds_to_thousands_of_years(spun_up):
+    model, ad = spun_up
+    result = lm.spin_up(model, lm.cold_start(model.n), tol=1.0, window=10, max_years=1200, record=True)
+    converged = result.years >= 0
+    assert (result.years[converged] >= 300).all() and not converged.all()  # some cells need > 1200 years
+    assert result.nee.shape == (1200, model.n)
+    assert (result.nee[0] < 0).all()  # a growing ecosystem is a carbon sink
+
+
+def test_single_linear_pool_reaches_input_over_k():
+    """With the same forcing every month, the stem pool (input a_stem NPP, turnover k) settles at
+    input / (1 - exp(-k dt)) per step, i.e. ~ annual input / k."""
+    model = _cells(constant_months=True)
+    result = lm.spin_up(model, lm.cold_start(model.n), tol=0.01, window=5, max_years=6000, accelerated=True)
+    state, f = model.step(result.state.copy(), 0)
+    woody = (model.turnover[:, 2] > 0) & (f["npp"] > 0)  # a cell frozen all year grows nothing
+    k = model.turnover[:, 2]
+    a = model.alloc[:, 2]
+    expected = a * f["npp"] / (1.0 - np.exp(-k * lm.DT))
+    np.testing.assert_allclose(state[woody, lm.IDX["stemc"]], expected[woody], rtol=1e-3)
+    np.testing.assert_allclose(state[woody, lm.IDX["stemc"]], (a * f["npp"] * 12 / k)[woody], rtol=0.02)
+    assert (state[model.alloc[:, 2] == 0, lm.IDX["stemc"]] == 0).all()  # grass grows no wood
+
+
+def test_outputs_and_state_round_trip():
+    model = _cells()
+    state = lm.cold_start(model.n)
+    for _ in range(30):
+        state, fluxes = model.run_year(state)
+    out = lm.equilibrium_outputs(model, state, fluxes)
+    assert set(out) == set(lm.OUTPUTS) and len(lm.OUTPUTS) >= 30
+    np.testing.assert_allclose(lm.state_from_outputs(out), state)
+    np.testing.assert_allclose(out["totecosysc"], model.total_c(state))
+    assert lm.output_units("soil3n") == "gN m-2" and lm.output_units("gpp") == "gC m-2 yr-1"
+
+
+def test_bad_inputs_are_rejected_with_the_shapes_seen():
+    with pytest.raises(ValueError, match="cells, 12"):
+        lm.Forcing(np.zeros((3, 11)), np.zeros((3, 11)), np.zeros((3, 11)))
+    with pytest.raises(ValueError, match="pft"):
+        lm.Site(clay=np.zeros(2), sand=np.zeros(2), pft=np.array([0, 7]), ndep=np.zeros(2))
+    with pytest.raises(ValueError, match="state pools"):
+        lm.state_from_outputs({"leafc": np.zeros(2)})
+
+
+def test_patches_wrap_in_longitude_and_repeat_the_polar_row():
+    maps = np.arange(4 * 6, dtype=float).reshape(1, 4, 6)
+    patch = extract_patches(maps, np.array([0]), np.array([0]), 3)[0, 0]
+    np.testing.assert_array_equal(patch, [[5, 0, 1], [5, 0, 1], [11, 6, 7]])
+    with pytest.raises(ValueError, match="odd"):
+        extract_patches(maps, np.array([0]), np.array([0]), 2)
+
+
+def test_holdout_takes_whole_blocks_and_insolation_is_physical():
+    rows, cols = np.divmod(np.arange(64), 8)
+    split = holdout_blocks(rows, cols, block=2, fraction=0.25, seed=0)
+    assert split.sum() == 16  # 4 of the 16 2x2 blocks
+    for r, c in zip(rows[split == 1], cols[split == 1]):
+        assert split[(rows // 2 == r // 2) & (cols // 2 == c // 2)].all()
+    q = insolation(np.array([0.0, 89.0, -89.0]), MONTH)
+    assert q[1, 0] == 0.0 and q[2, 0] > 400 and q[1, 5] > 400  # polar night / polar day
+    assert 380 < q[0].mean() < 440  # tropics: ~S0 / pi
