@@ -17,7 +17,7 @@ def register_task(name: str):
     return decorator
 
 
-TASK_MODULES = ("pretrain",)
+TASK_MODULES = ("pretrain", "forecast", "downscale", "elm_spinup")
 
 
 def import_task_modules() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import numpy as np
@@ -33,11 +34,20 @@ def evaluate_skill(predict: Callable[[Batch], torch.Tensor], dataset: ForecastDa
     Returns {"skill": {channel: {lead: {forecaster: {"rmse", "acc"}}}}, "scalars": flat model
     metrics for loggers, "example": maps of one forecast for plotting}.
     """
+    batches = evaluation_batches(dataset, leads_hours, batch_size, stride, max_samples)
+    return score_forecasts(((batch, predict(batch)) for batch in batches), dataset, leads_hours)
+
+
+def score_forecasts(forecasts: Iterable[tuple[Batch, torch.Tensor]], dataset: ForecastDataset,
+                    leads_hours: list[int]) -> dict[str, Any]:
+    """`evaluate_skill` for model forecasts made any way (direct, rollout): pairs of an evaluation
+    batch (init state `x`, truth `y` at `time + lead_hours`) and the model's normalized forecast
+    (B, V, H, W) for it. Same return value as `evaluate_skill`."""
     scores = {name: SkillAccumulator(dataset.channels, leads_hours) for name in FORECASTERS}
     example: dict[str, Any] = {}
-    for batch in evaluation_batches(dataset, leads_hours, batch_size, stride, max_samples):
+    for batch, model_forecast in forecasts:
         clim = dataset.target_climatology(batch)
-        forecasts = {"model": predict(batch).float(), "persistence": batch.x, "climatology": clim}
+        forecasts = {"model": model_forecast.float(), "persistence": batch.x, "climatology": clim}
         truth, clim_phys = batch.denormalize(batch.y), batch.denormalize(clim)
         for name, field in forecasts.items():
             scores[name].update(batch.denormalize(field), truth, batch.lat, batch.lead_hours,

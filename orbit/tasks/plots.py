@@ -24,15 +24,18 @@ def plot_loss_curve(run_dir: Path) -> Path:
     return _save(fig, Path(run_dir) / "loss.png")
 
 
-def plot_skill_vs_lead(skill: dict, run_dir: Path, channels: list[str]) -> Path:
-    """One panel per channel: RMSE of model, persistence and climatology against lead time."""
+def plot_skill_vs_lead(skill: dict, run_dir: Path, channels: list[str], forecasters: tuple[str, ...] = FORECASTERS,
+                       metric: str = "rmse") -> Path:
+    """One panel per channel: `metric` ("rmse" or "acc") of each forecaster against lead time,
+    written to `<run_dir>/skill_<metric>.png`; a missing score (None) leaves a gap."""
     ncols = min(4, len(channels))
     nrows = int(np.ceil(len(channels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
     for ax, channel in zip(axes.flat, channels):
         leads = sorted(skill[channel], key=int)
-        for name in FORECASTERS:
-            ax.plot([int(h) for h in leads], [skill[channel][h][name]["rmse"] for h in leads], marker="o",
+        for name in forecasters:
+            values = [skill[channel][h][name][metric] for h in leads]
+            ax.plot([int(h) for h in leads], [np.nan if v is None else v for v in values], marker="o",
                     label=name)
         ax.set_title(channel, fontsize=9)
         ax.set_xlabel("lead (h)", fontsize=8)
@@ -40,8 +43,8 @@ def plot_skill_vs_lead(skill: dict, run_dir: Path, channels: list[str]) -> Path:
     for ax in list(axes.flat)[len(channels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("latitude-weighted RMSE on held-out years")
-    return _save(fig, Path(run_dir) / "skill_rmse.png")
+    fig.suptitle(f"latitude-weighted {metric.upper()} on held-out years")
+    return _save(fig, Path(run_dir) / f"skill_{metric}.png")
 
 
 def plot_forecast_maps(maps: dict[str, np.ndarray], lat: np.ndarray, lon: np.ndarray, title: str,
@@ -68,3 +71,31 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_skill_comparison(runs: dict[str, dict], channels: list[str], path: Path, forecaster: str = "direct",
+                          metric: str = "rmse") -> Path:
+    """One panel per channel: `metric` of `forecaster` against lead time for each run (label -> skill
+    as in a forecast summary), with the first run's persistence and climatology as grey references."""
+    ncols = min(4, len(channels))
+    nrows = int(np.ceil(len(channels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), squeeze=False)
+    reference = next(iter(runs.values()))
+    for ax, channel in zip(axes.flat, channels):
+        leads = sorted(reference[channel], key=int)
+        hours = [int(h) for h in leads]
+        for label, skill in runs.items():
+            values = [skill[channel][h][forecaster][metric] for h in leads]
+            ax.plot(hours, [np.nan if v is None else v for v in values], marker="o", ms=3, label=label)
+        for name, style in (("persistence", ":"), ("climatology", "--")):
+            values = [reference[channel][h][name][metric] for h in leads]
+            if any(v is not None for v in values):
+                ax.plot(hours, [np.nan if v is None else v for v in values], color="grey", ls=style, label=name)
+        ax.set_title(channel, fontsize=9)
+        ax.set_xlabel("lead (h)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(channels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(f"{forecaster} forecast {metric.upper()} on held-out years")
+    return _save(fig, path)
