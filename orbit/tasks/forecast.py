@@ -14,23 +14,20 @@ Both are compared with persistence and climatology (latitude-weighted RMSE and A
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import xarray as xr
 from torch import nn
 
 from orbit.config import register_task_options
 from orbit.data.batch import Batch
 from orbit.data.dataset import ForecastDataset
-from orbit.data.loader import ResumableLoader, evaluation_batches
-from orbit.data.store import VARIABLE_ATTRS
+from orbit.data.loader import ResumableLoader
 from orbit.tasks import register_task
-from orbit.tasks.forecast_eval import score_forecasts
+from orbit.tasks.forecast_eval import channel_attrs, score_forecasts
 from orbit.tasks.plots import plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
 from orbit.tasks.pretrain import PretrainTask
 from orbit.tasks.rollout import rollout
@@ -86,39 +83,6 @@ class InitTimeSubset:
         return self.dataset[(int(self.indices[index]), lead)]
 
 
-# --------------------------------------------------------------------------- predictions dataset
-
-
-def channel_attrs(channel: str) -> dict[str, str]:
-    """CF attributes of a channel name: `t2m` as stored, `z500` = geopotential at 500 hPa."""
-    if channel in VARIABLE_ATTRS:
-        return dict(VARIABLE_ATTRS[channel])
-    match = re.fullmatch(r"([a-z]+)(\d+)", channel)
-    if not match or match.group(1) not in VARIABLE_ATTRS:
-        return {}
-    attrs = dict(VARIABLE_ATTRS[match.group(1)])
-    attrs["long_name"] = f"{attrs['long_name']} at {match.group(2)} hPa"
-    return attrs
-
-
-def forecast_dataset(values: np.ndarray, channels: list[str], init_times: np.ndarray, leads_hours: list[int],
-                     lat: np.ndarray, lon: np.ndarray, attrs: dict[str, Any]) -> xr.Dataset:
-    """values: (N_init, N_lead, C, H, W) physical units -> one variable per channel with dims
-    (init_time, lead_time, lat, lon), CF coordinates and a 2-D valid_time."""
-    init = np.asarray(init_times, dtype="datetime64[ns]")
-    lead = np.asarray(leads_hours, dtype="timedelta64[h]").astype("timedelta64[ns]")
-    coords = {
-        "init_time": ("init_time", init, {"standard_name": "forecast_reference_time", "long_name": "initial time"}),
-        "lead_time": ("lead_time", lead, {"standard_name": "forecast_period", "long_name": "lead time"}),
-        "lat": ("lat", np.asarray(lat, np.float32), {"units": "degrees_north", "standard_name": "latitude"}),
-        "lon": ("lon", np.asarray(lon, np.float32), {"units": "degrees_east", "standard_name": "longitude"}),
-        "valid_time": (("init_time", "lead_time"), init[:, None] + lead[None, :], {"standard_name": "time"}),
-    }
-    data = {c: (("init_time", "lead_time", "lat", "lon"), values[:, :, j].astype(np.float32), channel_attrs(c))
-            for j, c in enumerate(channels)}
-    return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.8", **attrs})
-
-
 # --------------------------------------------------------------------------- the task
 
 
@@ -152,6 +116,10 @@ class ForecastTask(PretrainTask):
                              f"{cfg.eval.leads_hours}")
 
     @property
+    def predicted_channels(self) -> list[str]:
+        return list(self.options.score_channels)
+
+    @property
     def rollout_leads(self) -> list[int]:
         """The eval leads a rollout of `rollout_step_hours` steps lands on."""
         return [lead for lead in self.cfg.eval.leads_hours if lead % self.options.rollout_step_hours == 0]
@@ -174,10 +142,6 @@ class ForecastTask(PretrainTask):
         """Iterative forecast from `batch.x`: yields (lead_hours, normalized state (B, V, H, W))
         every `options.rollout_step_hours`, `steps` times."""
         return rollout(lambda b: self.predict(forward, b), batch, self.options.rollout_step_hours, steps)
-
-    def _eval_batches(self, leads: list[int]):
-        ev = self.cfg.eval
-        return evaluation_batches(self.eval_set, leads, ev.batch_size, ev.stride, ev.max_samples)
 
     def direct_forecasts(self, forward) -> Iterator[tuple[Batch, torch.Tensor]]:
         """(evaluation batch, normalized direct forecast) for every eval lead, lead by lead."""
@@ -258,27 +222,6 @@ class ForecastTask(PretrainTask):
             units = channel_attrs(channel).get("units", "")
             plot_forecast_maps(maps, lat, lon, f"{channel} [{units}] from {direct['init']} + {lead} h "
                                f"(error = direct - truth)", run_dir / f"forecast_maps_{channel}.png")
-
-    def predictions(self, engine) -> xr.Dataset:
-        """Direct forecasts of `score_channels` at every eval lead for the evaluation init times,
-        in physical units: dims (init_time, lead_time, lat, lon)."""
-        leads = list(self.cfg.eval.leads_hours)
-        ids = [self.eval_set.channels.index(c) for c in self.options.score_channels]
-        ev = self.cfg.eval
-        inits = self.eval_set.init_times()[np.arange(0, len(self.eval_set), ev.stride)[:ev.max_samples]]
-        row_of = {int(t): i for i, t in enumerate(inits.astype(np.int64))}
-        values = np.full((inits.size, len(leads), len(ids), self.eval_set.lat.size, self.eval_set.lon.size),
-                         np.nan, np.float32)
-        for batch in self._eval_batches(leads):
-            forecast = batch.denormalize(self.predict(engine.forward, batch))[:, ids].cpu().numpy()
-            rows = [row_of[int(t)] for t in batch.time]
-            columns = [leads.index(int(lead)) for lead in batch.lead_hours]  # a batch may span two leads
-            values[rows, columns] = forecast
-        return forecast_dataset(values, list(self.options.score_channels), inits, leads, self.eval_set.lat,
-                                self.eval_set.lon, {
-                                    "title": f"ORBIT direct forecasts ({self.cfg.name})",
-                                    "source": f"orbit task forecast, sources {self.cfg.data.sources}"})
-
 
 # --------------------------------------------------------------------------- scorecard
 

@@ -11,12 +11,16 @@ from pathlib import Path
 from collections.abc import Iterable
 from typing import Any, Callable
 
+import re
+
 import numpy as np
 import torch
+import xarray as xr
 
 from orbit.data.batch import Batch
 from orbit.data.dataset import ForecastDataset
 from orbit.data.loader import evaluation_batches
+from orbit.data.store import VARIABLE_ATTRS
 from orbit.metrics import SkillAccumulator
 from orbit.tasks.plots import FORECASTERS, plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
 
@@ -116,8 +120,39 @@ def print_skill_table(skill: dict[str, Any]) -> None:
 
 def write_skill_figures(summary: dict[str, Any], example: dict[str, Any], run_dir: Path,
                         channels: list[str]) -> None:
-    plot_loss_curve(run_dir)
+    if (Path(run_dir) / "metrics.csv").is_file():  # absent in `orbit evaluate` output directories
+        plot_loss_curve(run_dir)
     plot_skill_vs_lead(summary["skill"], run_dir, channels)
     if example:
         plot_forecast_maps(example["maps"], example["lat"], example["lon"], example["title"],
                            Path(run_dir) / "forecast_example.png")
+
+
+def channel_attrs(channel: str) -> dict[str, str]:
+    """CF attributes of a channel name: `t2m` as stored, `z500` = geopotential at 500 hPa."""
+    if channel in VARIABLE_ATTRS:
+        return dict(VARIABLE_ATTRS[channel])
+    match = re.fullmatch(r"([a-z]+)(\d+)", channel)
+    if not match or match.group(1) not in VARIABLE_ATTRS:
+        return {}
+    attrs = dict(VARIABLE_ATTRS[match.group(1)])
+    attrs["long_name"] = f"{attrs['long_name']} at {match.group(2)} hPa"
+    return attrs
+
+
+def forecast_dataset(values: np.ndarray, channels: list[str], init_times: np.ndarray, leads_hours: list[int],
+                     lat: np.ndarray, lon: np.ndarray, attrs: dict[str, Any]) -> xr.Dataset:
+    """values: (N_init, N_lead, C, H, W) physical units -> one variable per channel with dims
+    (init_time, lead_time, lat, lon), CF coordinates and a 2-D valid_time."""
+    init = np.asarray(init_times, dtype="datetime64[ns]")
+    lead = np.asarray(leads_hours, dtype="timedelta64[h]").astype("timedelta64[ns]")
+    coords = {
+        "init_time": ("init_time", init, {"standard_name": "forecast_reference_time", "long_name": "initial time"}),
+        "lead_time": ("lead_time", lead, {"standard_name": "forecast_period", "long_name": "lead time"}),
+        "lat": ("lat", np.asarray(lat, np.float32), {"units": "degrees_north", "standard_name": "latitude"}),
+        "lon": ("lon", np.asarray(lon, np.float32), {"units": "degrees_east", "standard_name": "longitude"}),
+        "valid_time": (("init_time", "lead_time"), init[:, None] + lead[None, :], {"standard_name": "time"}),
+    }
+    data = {c: (("init_time", "lead_time", "lat", "lon"), values[:, :, j].astype(np.float32), channel_attrs(c))
+            for j, c in enumerate(channels)}
+    return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.8", **attrs})

@@ -9,17 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import xarray as xr
 from torch import nn
 
 from orbit.config import RunConfig
 from orbit.data.dataset import ForecastDataset
 from orbit.data.forcings import cos_solar_zenith, lead_valid_time_ns
-from orbit.data.loader import ResumableLoader
+from orbit.data.loader import ResumableLoader, evaluation_batches
 from orbit.metrics import lat_weighted_mse_loss
 from orbit.models.registry import create_model
 from orbit.tasks import register_task
-from orbit.tasks.forecast_eval import evaluate_skill, print_skill_table, write_skill_figures
+from orbit.tasks.forecast_eval import evaluate_skill, forecast_dataset, print_skill_table, write_skill_figures
 
 
 def store_paths(root: str | Path, sources: list[str]) -> dict[str, Path]:
@@ -122,6 +124,34 @@ class PretrainTask:
                                  stride=ev.stride, max_samples=ev.max_samples)
         self._example = results.pop("example")
         return results
+
+    @property
+    def predicted_channels(self) -> list[str]:
+        return list(self.cfg.data.channels)
+
+    def _eval_batches(self, leads: list[int]):
+        ev = self.cfg.eval
+        return evaluation_batches(self.eval_set, leads, ev.batch_size, ev.stride, ev.max_samples)
+
+    def predictions(self, engine) -> xr.Dataset:
+        """Forecasts of `predicted_channels` at every eval lead for the evaluation init times, in
+        physical units: dims (init_time, lead_time, lat, lon) (what `orbit evaluate` writes)."""
+        leads = list(self.cfg.eval.leads_hours)
+        ids = [self.eval_set.channels.index(c) for c in self.predicted_channels]
+        ev = self.cfg.eval
+        inits = self.eval_set.init_times()[np.arange(0, len(self.eval_set), ev.stride)[:ev.max_samples]]
+        row_of = {int(t): i for i, t in enumerate(inits.astype(np.int64))}
+        values = np.full((inits.size, len(leads), len(ids), self.eval_set.lat.size, self.eval_set.lon.size),
+                         np.nan, np.float32)
+        for batch in self._eval_batches(leads):
+            forecast = batch.denormalize(self.predict(engine.forward, batch))[:, ids].cpu().numpy()
+            rows = [row_of[int(t)] for t in batch.time]
+            columns = [leads.index(int(lead)) for lead in batch.lead_hours]  # a batch may span two leads
+            values[rows, columns] = forecast
+        return forecast_dataset(values, list(self.predicted_channels), inits, leads, self.eval_set.lat,
+                                self.eval_set.lon, {
+                                    "title": f"ORBIT direct forecasts ({self.cfg.name})",
+                                    "source": f"orbit task {self.cfg.task}, sources {self.cfg.data.sources}"})
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         print_skill_table(summary["skill"])

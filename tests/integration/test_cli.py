@@ -48,6 +48,19 @@ def test_pretrain_writes_a_complete_run_dir_and_resumes(toy_root, tmp_path, caps
     assert main([*_tiny_run(toy_root, run_dir, "train.max_steps=8"), "--resume", "auto"]) == 0
     assert _steps(run_dir) == [2, 4, 6, 8]
 
+    # `orbit evaluate` scores the newest checkpoint again and writes the forecasts as netCDF
+    assert main(["evaluate", "--run-dir", str(run_dir), "--format", "netcdf"]) == 0
+    out = run_dir / "evaluation"
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["step"] == 8
+    assert evaluation["skill"]["z500"]["24"]["model"]["rmse"] == pytest.approx(
+        json.loads((run_dir / "summary.json").read_text())["skill"]["z500"]["24"]["model"]["rmse"], rel=1e-5)
+    with xr.open_dataset(out / "predictions.nc") as predictions:
+        assert predictions["z500"].dims == ("init_time", "lead_time", "lat", "lon")
+        assert predictions["t2m"].attrs["units"] == "K"
+        assert list(predictions.lead_time.values.astype("timedelta64[h]").astype(int)) == [6, 24]
+        assert np.isfinite(predictions["z500"].values).all()
+
 
 @pytest.mark.parametrize("override, message", [
     ("train.max_step=5", "unknown config key 'train.max_step'"),

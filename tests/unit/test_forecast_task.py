@@ -12,9 +12,9 @@ from orbit.config import load_config
 from orbit.data.loader import evaluation_batches
 from orbit.data.synth import synthesize
 from orbit.tasks import build_task
-from orbit.tasks.forecast import (ForecastTask, InitTimeSubset, channel_attrs, forecast_dataset, leading_fraction,
+from orbit.tasks.forecast import (ForecastTask, InitTimeSubset, leading_fraction,
                                   scorecard_markdown, scorecard_rows)
-from orbit.tasks.forecast_eval import score_forecasts
+from orbit.tasks.forecast_eval import channel_attrs, forecast_dataset, score_forecasts
 from orbit.tasks.rollout import rollout
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs/finetune/forecast/tiny.yaml"
