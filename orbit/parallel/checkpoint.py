@@ -12,6 +12,13 @@ pipeline rank asks only for the keys its stage modules hold.
 Atomicity: everything is written to `<path>.tmp-<id>` and rank 0 renames it to `<path>` after all
 ranks finished (a barrier). A kill at any moment leaves either the previous state or a `*.tmp-*`
 directory, never a directory named like a complete checkpoint. Leftover `*.tmp-*` are garbage.
+
+Asynchronous saves (`AsyncCheckpointWriter`) write the same files from a background thread: DCP
+copies ("stages") the state first, so training may change the parameters right after `start`
+returns, and its collectives run on a separate gloo group so they never interleave with the
+training collectives of the main thread. DCP gathers every rank's write result on rank 0 before
+rank 0 writes `.metadata`, so when rank 0's save has finished, every rank's shards are on disk and
+rank 0 can publish without another barrier.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import os
 import shutil
 import uuid
 import warnings
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,11 +63,14 @@ def _barrier() -> None:
         dist.barrier()
 
 
+_NO_PROCESS_GROUP_WARNING = r"torch\.distributed is (disabled, )?unavailable or uninitialized"
+
+
 @contextmanager
 def _single_process_is_intended():
     """DCP warns whenever it runs without a process group, even when asked to (`no_dist=True`)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"torch\.distributed is (disabled, )?unavailable or uninitialized")
+        warnings.filterwarnings("ignore", message=_NO_PROCESS_GROUP_WARNING)
         yield
 
 
@@ -159,6 +170,61 @@ def save_distributed(path: str | os.PathLike, model_parts: list[nn.Module], opti
         publish_checkpoint(tmp, path)
     _barrier()  # nobody reads `path` before it exists
     return path
+
+
+class AsyncCheckpointWriter:
+    """At most one DCP save in flight; the directory is published when every rank's write finished.
+
+    Collective like `save_distributed`: build it on every rank (it creates the gloo group its saves
+    use) and call `start` on every rank at the same step. `poll()` publishes a finished save without
+    waiting (call it often, e.g. every step); `wait()` blocks until the save in flight is published
+    (before the next save and before exiting).
+    """
+
+    def __init__(self):
+        self._group = dist.new_group(backend="gloo") if _distributed() else None
+        self._pending: tuple[Future, Path, Path] | None = None
+        if self._group is None:  # the warning comes from DCP's writer thread, out of reach of catch_warnings
+            warnings.filterwarnings("ignore", message=_NO_PROCESS_GROUP_WARNING, module="torch.distributed")
+
+    def start(self, path: str | os.PathLike, model_parts: list[nn.Module], optimizer: torch.optim.Optimizer,
+              extra: dict[str, Any]) -> None:
+        """Stage this rank's state and start writing it to `path` in the background; `extra` (small,
+        the same on every rank) is written by rank 0 before this returns."""
+        self.wait()
+        path = Path(path)
+        parts = nn.ModuleList(model_parts)
+        state = {"model": _model_state(parts), "optimizer": _optimizer_state(parts, optimizer)}
+        tmp = shared_tmp_path(path)
+        if _is_rank0():
+            tmp.mkdir(parents=True)
+            torch.save(extra, tmp / EXTRA_FILE)
+        _barrier()
+        with _single_process_is_intended():
+            future = dcp.async_save(state, checkpoint_id=tmp, process_group=self._group, no_dist=not _distributed())
+        self._pending = (future, tmp, path)
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
+
+    def poll(self) -> Path | None:
+        """The path of the save in flight if it has finished (published by now), else None."""
+        if self._pending is not None and self._pending[0].done():
+            return self._finish()
+        return None
+
+    def wait(self) -> Path | None:
+        """Block until the save in flight (if any) is written and published; returns its path."""
+        return self._finish() if self._pending is not None else None
+
+    def _finish(self) -> Path:
+        future, tmp, path = self._pending
+        self._pending = None
+        future.result()  # re-raises a failed write on this rank (DCP reports any rank's failure to all)
+        if _is_rank0():
+            publish_checkpoint(tmp, path)
+        return path
 
 
 def is_complete(path: str | os.PathLike) -> bool:

@@ -11,6 +11,11 @@ write layout-independent DCP checkpoints, while DeepSpeed ZeRO needs the optimiz
 the model, steps it itself and resumes only from its own checkpoints. So an engine is built from a
 model and an `OptimizerFactory`, calls the factory at the moment its kind requires, and exposes
 `optimizer` (for LR schedulers), `optimizer_step(max_norm)`, `save_checkpoint` and `load_checkpoint`.
+
+Torch engines split the optimizer step so the trainer can look at the global gradient norm before
+deciding to apply or discard the update (`clip_gradients`, then `apply_gradients` or
+`discard_gradients`; `grad_norm_before_step = True`). DeepSpeed computes the norm inside its own
+step, so there the trainer learns it only afterwards (`grad_norm_before_step = False`).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from orbit.parallel.checkpoint import load_distributed, save_distributed
+from orbit.parallel.checkpoint import AsyncCheckpointWriter, load_distributed, save_distributed
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # The model parts an engine holds (after any sharding) -> a torch optimizer over their parameters.
@@ -36,18 +41,47 @@ class TorchOptimizerEngine:
 
     parts: list[nn.Module]
     optimizer: torch.optim.Optimizer | None
+    grad_norm_before_step = True
+    supports_async_checkpoint = True
+    _async_writer: AsyncCheckpointWriter | None = None
 
-    def optimizer_step(self, max_norm: float) -> float:
-        """Clip to `max_norm` (0 = no clipping), step and zero the gradients; returns the global
-        gradient norm before clipping."""
-        norm = self.clip_grad_norm_(max_norm or float("inf"))
+    def clip_gradients(self, max_norm: float) -> float:
+        """Clip to `max_norm` (0 = no clipping); returns the global gradient norm before clipping
+        (NaN or Inf when any gradient on any rank is)."""
+        return self.clip_grad_norm_(max_norm or float("inf"))
+
+    def apply_gradients(self) -> None:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def discard_gradients(self) -> None:
+        """Drop this step's gradients without touching parameters or optimizer state."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_step(self, max_norm: float) -> float:
+        """Clip, step and zero the gradients; returns the global gradient norm before clipping."""
+        norm = self.clip_gradients(max_norm)
+        self.apply_gradients()
         return norm
 
-    def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any]) -> Path:
-        """Collective: model + optimizer shards in a DCP directory that loads on any layout."""
-        return save_distributed(path, self.parts, self.optimizer, extra)
+    def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any], *,
+                        asynchronous: bool = False) -> Path | None:
+        """Collective: model + optimizer shards in a DCP directory that loads on any layout; returns
+        `path` once written. With `asynchronous`, the state is staged and written in the background
+        (at most one save in flight), None is returned and `finish_checkpoint` reports the path."""
+        if not asynchronous:
+            return save_distributed(path, self.parts, self.optimizer, extra)
+        if self._async_writer is None:
+            self._async_writer = AsyncCheckpointWriter()
+        self._async_writer.start(path, self.parts, self.optimizer, extra)
+        return None
+
+    def finish_checkpoint(self, wait: bool) -> Path | None:
+        """The path of an asynchronous save that finished (published on rank 0) since the last call,
+        else None; `wait` blocks for the one in flight."""
+        if self._async_writer is None:
+            return None
+        return self._async_writer.wait() if wait else self._async_writer.poll()
 
     def load_checkpoint(self, path: str | os.PathLike) -> dict[str, Any]:
         """Collective: fill the parts and the optimizer from `path`; returns the saved `extra`."""

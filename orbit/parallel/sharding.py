@@ -137,6 +137,10 @@ class ZeroEngine:
     """
 
     distributed = True
+    # DeepSpeed computes the gradient norm inside its own step, after which the update is applied:
+    # the trainer cannot discard a non-finite update (train.nonfinite=skip), only stop after it.
+    grad_norm_before_step = False
+    supports_async_checkpoint = False  # DeepSpeed writes its own state synchronously
 
     def __init__(self, engine: Any, optimizer: torch.optim.Optimizer, grad_clip: float):
         self.engine = engine
@@ -191,6 +195,10 @@ class ZeroEngine:
                              f"built; got max_norm {max_norm}. Build it with grad_clip={max_norm}")
         return self.step()
 
+    def finish_checkpoint(self, wait: bool) -> None:
+        """Saves are synchronous: nothing is ever in flight."""
+        return None
+
     def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
         value = value.detach().clone()
         dist.all_reduce(value, op=dist.ReduceOp.AVG)
@@ -221,9 +229,12 @@ class ZeroEngine:
     def _layout(self) -> dict[str, int]:
         return {"world_size": dist.get_world_size(), "zero_stage": self.engine.zero_optimization_stage()}
 
-    def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any]) -> Path:
+    def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any], *, asynchronous: bool = False) -> Path:
         """Collective, atomic (as `save_distributed`): DeepSpeed's state under `deepspeed/`, the full
         model weights as DCP (`model.<fqn>`, for export) and `extra` in `extra.pt`."""
+        if asynchronous:
+            raise ValueError("parallel.engine 'deepspeed' saves checkpoints synchronously only; set "
+                             "train.async_checkpoint=false")
         path = Path(path)
         tmp = shared_tmp_path(path)
         if self.is_main:

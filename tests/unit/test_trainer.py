@@ -1,6 +1,9 @@
-"""The one trainer, on a small regression task: it learns, checkpoints atomically and resumes
-bitwise identically on CPU."""
+"""The one trainer, on a small regression task: it learns, checkpoints atomically (also
+asynchronously) and resumes bitwise identically on CPU, stops cleanly on SIGUSR1/SIGTERM, and
+stops on or skips non-finite losses and gradients."""
 import csv
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,10 @@ from torch import nn
 from orbit.config import TrainConfig
 from orbit.train import checkpoint as ckpt
 from orbit.train.logging import RunLogger
-from orbit.train.trainer import NonFiniteLossError, Trainer
+from orbit.parallel.checkpoint import consolidate
+from orbit.parallel.engine import LocalEngine
+from orbit.train.signals import PREEMPTED_EXIT_CODE, Preempted
+from orbit.train.trainer import NonFiniteError, Trainer
 
 
 class ShuffledBatches:
@@ -39,8 +45,14 @@ class ShuffledBatches:
 
 
 class RegressionTask:
-    def __init__(self, poison_at=None, kill_at=None):
+    """`poison_at`: NaN loss from that call on; `nan_loss_at` / `inf_grad_at`: calls (= steps) whose
+    loss is NaN / whose loss is finite but gradient infinite; `kill_at`, `signal_at`: the call that
+    is interrupted / during which this process receives (`signum`)."""
+
+    def __init__(self, poison_at=None, kill_at=None, nan_loss_at=(), inf_grad_at=(), signal_at=None,
+                 signum=signal.SIGUSR1):
         self.poison_at, self.kill_at, self.calls = poison_at, kill_at, 0
+        self.nan_loss_at, self.inf_grad_at, self.signal_at, self.signum = nan_loss_at, inf_grad_at, signal_at, signum
 
     def build_model(self):
         return nn.Sequential(nn.Linear(8, 32), nn.Dropout(0.1), nn.GELU(), nn.Linear(32, 1))
@@ -58,8 +70,12 @@ class RegressionTask:
         self.calls += 1
         if self.calls == self.kill_at:
             raise KeyboardInterrupt("simulated kill")
+        if self.calls == self.signal_at:
+            os.kill(os.getpid(), self.signum)
+        if self.calls in self.inf_grad_at:
+            output.register_hook(lambda grad: torch.full_like(grad, float("inf")))
         loss = ((output - target) ** 2).mean()
-        if self.poison_at is not None and self.calls >= self.poison_at:
+        if (self.poison_at is not None and self.calls >= self.poison_at) or self.calls in self.nan_loss_at:
             loss = loss * float("nan")
         return loss
 
@@ -68,15 +84,17 @@ class RegressionTask:
         return {"scalars": {"mse": float(((engine.forward((x,)) - y) ** 2).mean())}}
 
 
-def _train(run_dir, max_steps, resume_from=None, kill_at=None, **kw):
-    cfg = TrainConfig(max_steps=max_steps, lr=1e-2, warmup_steps=3, log_every=1, ckpt_every=5,
-                      keep_last=2, **kw)
-    trainer = Trainer(RegressionTask(kill_at=kill_at), cfg, run_dir)
+def _train(run_dir, max_steps, resume_from=None, task=None, **kw):
+    cfg = TrainConfig(**{"max_steps": max_steps, "lr": 1e-2, "warmup_steps": 3, "log_every": 1, "ckpt_every": 5,
+                         "keep_last": 2, **kw})
+    trainer = Trainer(task or RegressionTask(), cfg, run_dir)
     if resume_from:
         trainer.load(resume_from)
     logger = RunLogger(run_dir, resumed_step=trainer.state.step, total_steps=max_steps)
-    results = trainer.fit(logger)
-    logger.close()
+    try:
+        results = trainer.fit(logger)
+    finally:
+        logger.close()
     return trainer, results
 
 
@@ -100,7 +118,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     full, partial = tmp_path / "full", tmp_path / "partial"
     ref, _ = _train(full, 20)
     with pytest.raises(KeyboardInterrupt):
-        _train(partial, 20, kill_at=13)  # killed during step 13; the newest checkpoint is step 10
+        _train(partial, 20, task=RegressionTask(kill_at=13))  # killed during step 13; the newest checkpoint is step 10
     resumed, _ = _train(partial, 20, resume_from=ckpt.latest_checkpoint(partial / "checkpoints"))
     assert _losses(partial) == _losses(full)  # the CSV keeps one row per step, strings compared
     for (name, a), (_, b) in zip(ref.engine.full_state_dict().items(), resumed.engine.full_state_dict().items()):
@@ -129,7 +147,7 @@ def test_nonfinite_loss_stops_with_step(tmp_path):
     cfg = TrainConfig(max_steps=10, log_every=1, ckpt_every=0)
     trainer = Trainer(RegressionTask(poison_at=4), cfg, tmp_path)
     logger = RunLogger(tmp_path, total_steps=10)
-    with pytest.raises(NonFiniteLossError, match="step 4"):
+    with pytest.raises(NonFiniteError, match="step 4"):
         trainer.fit(logger)
     logger.close()
 
@@ -150,3 +168,95 @@ def test_interrupted_save_is_never_picked_up(tmp_path, monkeypatch):
 def test_bf16_autocast_path_runs(tmp_path):
     trainer, results = _train(tmp_path, 3, precision="bf16")
     assert torch.isfinite(torch.tensor(results["scalars"]["mse"]))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_stop_signal_saves_and_exits_75_then_resumes_bitwise(tmp_path, signum):
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    ref, _ = _train(full, 12)
+    with pytest.raises(Preempted) as stop:
+        _train(stopped, 12, task=RegressionTask(signal_at=7, signum=signum))  # arrives during step 7
+    assert stop.value.code == PREEMPTED_EXIT_CODE == 75
+    assert f"stopping at step 7 on {signal.Signals(signum).name}" in str(stop.value)
+    assert ckpt.latest_checkpoint(stopped / "checkpoints").name == "step_00000007"
+    assert signal.getsignal(signum) is signal.SIG_DFL  # handlers are restored after training
+    resumed, _ = _train(stopped, 12, resume_from=ckpt.latest_checkpoint(stopped / "checkpoints"))
+    assert _losses(stopped) == _losses(full)
+    for (name, a), (_, b) in zip(ref.engine.full_state_dict().items(), resumed.engine.full_state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_async_checkpoints_equal_sync_ones_and_resume_bitwise(tmp_path):
+    sync_dir, async_dir = tmp_path / "sync", tmp_path / "async"
+    _train(sync_dir, 10, ckpt_every=3, keep_last=5)
+    _train(async_dir, 10, ckpt_every=3, keep_last=5, async_checkpoint=True)
+    names = [p.name for p in ckpt.list_checkpoints(async_dir / "checkpoints")]
+    assert names == [p.name for p in ckpt.list_checkpoints(sync_dir / "checkpoints")]
+    assert names == ["step_00000003", "step_00000006", "step_00000009", "step_00000010"]
+    assert not [p for p in (async_dir / "checkpoints").iterdir() if ".tmp-" in p.name]
+    for name in names:
+        a, b = consolidate(sync_dir / "checkpoints" / name), consolidate(async_dir / "checkpoints" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    with open(sync_dir / "metrics.csv") as src, open(resumed / "metrics.csv", "w") as dst:
+        dst.write(src.read())
+    _train(resumed, 10, resume_from=async_dir / "checkpoints" / "step_00000006")  # optimizer state included
+    assert _losses(resumed) == _losses(sync_dir)
+
+
+def test_nonfinite_gradient_stops_naming_the_step(tmp_path):
+    # finite loss; the infinite output gradient becomes NaN in the weight gradients (inf * 0)
+    with pytest.raises(NonFiniteError, match=r"^gradient norm is nan at step 3; stopping"):
+        _train(tmp_path, 6, task=RegressionTask(inf_grad_at={3}))
+
+
+def test_skip_discards_the_update_counts_it_and_saves_the_count(tmp_path):
+    before, _ = _train(tmp_path / "two", 2, ckpt_every=0)
+    skipped, _ = _train(tmp_path / "three", 3, ckpt_every=0, nonfinite="skip", max_skipped_steps=2,
+                        task=RegressionTask(inf_grad_at={3}))
+    assert skipped.state.skipped_steps == 1
+    for (name, a), (_, b) in zip(before.engine.full_state_dict().items(), skipped.engine.full_state_dict().items()):
+        assert torch.equal(a, b), name  # step 3's update was discarded, not applied
+    assert skipped.optimizer.state_dict()["state"][0]["step"] == 2  # AdamW stepped twice
+    assert skipped.scheduler.last_epoch == 3  # the LR schedule follows the step number
+    rows = _losses(tmp_path / "three")
+    assert [s for s, _ in rows] == [1, 2, 3]  # the skipped step is logged (its loss is finite here)
+
+    run = tmp_path / "resume"
+    _train(run, 6, ckpt_every=5, nonfinite="skip", max_skipped_steps=2, task=RegressionTask(nan_loss_at={2, 4}))
+    resumed = Trainer(RegressionTask(), TrainConfig(max_steps=6), run)
+    resumed.load(ckpt.checkpoint_path(run / "checkpoints", 5))
+    assert resumed.state.skipped_steps == 2
+    assert [loss for s, loss in _losses(run) if s in (2, 4)] == ["nan", "nan"]
+
+
+def test_more_skipped_steps_than_allowed_stop(tmp_path):
+    with pytest.raises(NonFiniteError, match=r"loss is nan and gradient norm is nan at step 5: 3 steps skipped so "
+                                             r"far, more than train.max_skipped_steps=2"):
+        _train(tmp_path, 10, nonfinite="skip", max_skipped_steps=2, task=RegressionTask(poison_at=3))
+
+
+class EngineThatStepsItself(LocalEngine):
+    """Like DeepSpeed: the gradient norm is known only once the update is applied; sync saves only."""
+
+    grad_norm_before_step = False
+    supports_async_checkpoint = False
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"nonfinite": "skip"}, "train.nonfinite=skip is not supported by the EngineThatStepsItself engine"),
+    ({"async_checkpoint": True}, "train.async_checkpoint=true is not supported by the EngineThatStepsItself"),
+])
+def test_options_an_engine_cannot_honour_are_refused(tmp_path, option, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(RegressionTask(), TrainConfig(**option), tmp_path, build_engine=EngineThatStepsItself)
+
+
+def test_nonfinite_gradient_found_after_the_engine_stepped_still_stops(tmp_path):
+    trainer = Trainer(RegressionTask(inf_grad_at={2}), TrainConfig(max_steps=4, ckpt_every=0), tmp_path,
+                      build_engine=EngineThatStepsItself)
+    logger = RunLogger(tmp_path, total_steps=4)
+    with pytest.raises(NonFiniteError, match="gradient norm is nan at step 2; the update was already applied"):
+        trainer.fit(logger)
+    logger.close()
