@@ -35,6 +35,17 @@ OptimizerFactory = Callable[[list[nn.Module]], torch.optim.Optimizer]
 DEEPSPEED_STATE_DIR = "deepspeed"
 
 
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors, and tuples/lists of them, onto `device`; None and other values unchanged.
+
+    Tasks build batches on the host and know nothing of devices: engines move what they run."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(item, device) for item in value)
+    return value
+
+
 class TorchOptimizerEngine:
     """Optimizer step and DCP checkpoints for engines whose parts hold plain or FSDP/DTensor
     parameters. Needs `parts`, `optimizer` and `clip_grad_norm_(max_norm)` from the engine."""
@@ -95,15 +106,19 @@ class TorchOptimizerEngine:
 class LocalEngine(TorchOptimizerEngine):
     """One process, one model: the reference every parallel layout is checked against.
 
-    Without `make_optimizer` the caller steps its own optimizer (`optimizer` is None).
+    Without `make_optimizer` the caller steps its own optimizer (`optimizer` is None). The model
+    moves to `device` (one GPU when debugging; the CPU by default); inputs follow it, and forward
+    outputs come back to the host, where tasks compare them with their batches.
     """
 
     distributed = False
     dp_rank, dp_size, is_main = 0, 1, True
 
-    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory | None = None):
-        self.model = model
-        self.parts = [model]
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory | None = None,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.parts = [self.model]
         self.optimizer = make_optimizer(self.parts) if make_optimizer is not None else None
 
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -115,20 +130,17 @@ class LocalEngine(TorchOptimizerEngine):
 
     def forward_backward(self, inputs: tuple, target: torch.Tensor, loss_fn: LossFn, scale: float = 1.0) -> torch.Tensor:
         """Loss of the local batch (detached); gradients of `scale * loss` are accumulated."""
-        loss = loss_fn(self.model(*inputs), target)
+        loss = loss_fn(self.model(*to_device(inputs, self.device)), to_device(target, self.device))
         (loss * scale).backward()
         return loss.detach()
 
     def forward(self, inputs: tuple) -> torch.Tensor:
-        return self.model(*inputs)
+        return self.model(*to_device(inputs, self.device)).cpu()
 
     def clip_grad_norm_(self, max_norm: float) -> float:
         return float(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
 
     def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
-        return value
-
-    def sum_over_data_ranks_(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

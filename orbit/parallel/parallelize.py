@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from orbit.models.config import OrbitConfig
 from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
 from orbit.parallel.env import launched_world_size
-from orbit.parallel.engine import LocalEngine, LossFn, OptimizerFactory, TorchOptimizerEngine
+from orbit.parallel.engine import LocalEngine, LossFn, OptimizerFactory, TorchOptimizerEngine, to_device
 from orbit.parallel.mesh import ParallelDims, parallel_dims_from
 from orbit.parallel.pipeline import build_schedule, pipeline_forward, pipeline_step, split_model
 from orbit.parallel.sequence import apply_sequence_parallel
@@ -82,10 +82,12 @@ class ParallelEngine(TorchOptimizerEngine):
     distributed = True
 
     def __init__(self, model: nn.Module, dims: ParallelDims, parallel_cfg, *, loss_fn: LossFn,
-                 precision: str, activation_checkpointing: bool, device_type: str = "cpu",
+                 precision: str, activation_checkpointing: bool, device: str | torch.device = "cpu",
                  make_optimizer: OptimizerFactory | None = None):
         self.dims = dims
-        self.mesh = mesh = dims.build_mesh(device_type)
+        self.device = torch.device(device)
+        model.to(self.device)  # before sharding: DTensor/FSDP keep parameters where they find them
+        self.mesh = mesh = dims.build_mesh(self.device.type)
         self.dp_rank, self.dp_size = mesh["dp"].get_local_rank(), dims.dp
         self.is_main = dist.get_rank() == 0
         parts = split_model(model, mesh["pp"], stages_per_rank=parallel_cfg.pp_stages_per_rank) \
@@ -120,6 +122,7 @@ class ParallelEngine(TorchOptimizerEngine):
             part.train(mode)
 
     def forward_backward(self, inputs: tuple, target: torch.Tensor, loss_fn: LossFn, scale: float = 1.0) -> torch.Tensor:
+        inputs, target = to_device(inputs, self.device), to_device(target, self.device)
         if self.pipeline is not None:
             return pipeline_step(self.pipeline, self.mesh["pp"], inputs, target, scale=scale)
         loss = loss_fn(self.parts[0](*inputs), target)
@@ -127,9 +130,11 @@ class ParallelEngine(TorchOptimizerEngine):
         return loss.detach()
 
     def forward(self, inputs: tuple) -> torch.Tensor:
+        """Output on the host (tasks score it against their batches there)."""
+        inputs = to_device(inputs, self.device)
         if self.pipeline is not None:
-            return pipeline_forward(self.parts, self.mesh["pp"], inputs)
-        return self.parts[0](*inputs)
+            return pipeline_forward(self.parts, self.mesh["pp"], inputs).cpu()
+        return self.parts[0](*inputs).cpu()
 
     def clip_grad_norm_(self, max_norm: float) -> float:
         """Global gradient norm over every shard and stage, then clip (as torchtitan does)."""
@@ -145,9 +150,10 @@ class ParallelEngine(TorchOptimizerEngine):
         return float(norm)
 
     def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
-        value = value.clone()
+        """On the host again afterwards; reduced on the engine's device (NCCL reduces GPU tensors only)."""
+        value = value.detach().to(self.device, copy=True)
         dist.all_reduce(value, op=dist.ReduceOp.AVG, group=self.mesh["dp"].get_group())
-        return value
+        return value.cpu()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded parameters by the plain model's names, on every rank (tests, export)."""
@@ -164,25 +170,26 @@ class ParallelEngine(TorchOptimizerEngine):
 
 def build_engine(model: nn.Module, parallel_cfg, *, loss_fn: LossFn, precision: str,
                  activation_checkpointing: bool, batch_size: int, make_optimizer: OptimizerFactory | None = None,
-                 grad_clip: float = 0.0, grad_accum_steps: int = 1):
+                 grad_clip: float = 0.0, grad_accum_steps: int = 1, device: str | torch.device = "cpu"):
     """LocalEngine for one process; on several, ParallelEngine on a mesh, or ZeroEngine when
     `parallel_cfg.engine == "deepspeed"` (which needs `make_optimizer`, and takes `grad_clip`
     (0 = none) and `grad_accum_steps` into DeepSpeed's config because its engine steps itself).
-    `batch_size` is the per-data-rank micro-batch."""
+    `batch_size` is the per-data-rank micro-batch; `device` this rank's (`LaunchInfo.device`)."""
     size = world_size()
     dims = parallel_dims_from(parallel_cfg, size)
     if size == 1:  # nothing to shard or replicate: every engine reduces to the plain model
         if activation_checkpointing:
             apply_activation_checkpointing(model)
-        return LocalEngine(model, make_optimizer)
+        return LocalEngine(model, make_optimizer, device=device)
     _check_model_splits(model, dims)
     validate_layout(model.config, dims, parallel_cfg, batch_size)
     if parallel_cfg.engine == "deepspeed":
-        return build_zero_engine(model, dims, parallel_cfg, make_optimizer=make_optimizer,
+        return build_zero_engine(model.to(device), dims, parallel_cfg, make_optimizer=make_optimizer,
                                  activation_checkpointing=activation_checkpointing, batch_size=batch_size,
                                  grad_clip=grad_clip, grad_accum_steps=grad_accum_steps)
     return ParallelEngine(model, dims, parallel_cfg, loss_fn=loss_fn, precision=precision,
-                          activation_checkpointing=activation_checkpointing, make_optimizer=make_optimizer)
+                          activation_checkpointing=activation_checkpointing, device=device,
+                          make_optimizer=make_optimizer)
 
 
 def build_zero_engine(model: nn.Module, dims: ParallelDims, parallel_cfg, *, make_optimizer: OptimizerFactory | None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -30,10 +30,9 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from orbit.models.layers import Block
 
 from .checkpoint import EXTRA_FILE, publish_checkpoint, shared_tmp_path
-from .engine import DEEPSPEED_STATE_DIR
+from .engine import DEEPSPEED_STATE_DIR, LossFn, to_device
 from .mesh import ParallelDims
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Attributes under which torch's wrappers keep the module they wrap (activation checkpointing,
 # torch.compile). A wrapper around a `Block` is sharded as the unit, so its forward is the one hooked.
@@ -159,7 +158,7 @@ class ZeroEngine:
         self.engine.train(mode)
 
     def forward(self, inputs: tuple) -> torch.Tensor:
-        return self.engine(*inputs)
+        return self.engine(*to_device(inputs, self.engine.device)).cpu()
 
     def forward_backward(self, inputs: tuple, target: torch.Tensor, loss_fn: LossFn,
                          scale: float | None = None) -> torch.Tensor:
@@ -169,7 +168,8 @@ class ZeroEngine:
         if scale is not None and abs(scale * accum - 1.0) > 1e-12:
             raise ValueError(f"DeepSpeed scales each micro-batch loss by 1/gradient_accumulation_steps = 1/{accum}; "
                              f"got scale {scale}. Build the engine with grad_accum_steps = 1/scale")
-        loss = loss_fn(self.engine(*inputs), target)
+        device = self.engine.device
+        loss = loss_fn(self.engine(*to_device(inputs, device)), to_device(target, device))
         self.engine.backward(loss)
         if not self.engine.is_gradient_accumulation_boundary():
             self.engine.step()  # DeepSpeed's protocol: a step per micro-batch, applied at the boundary only
@@ -200,13 +200,9 @@ class ZeroEngine:
         return None
 
     def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
-        value = value.detach().clone()
+        value = value.detach().to(self.engine.device, copy=True)
         dist.all_reduce(value, op=dist.ReduceOp.AVG)
-        return value
-
-    def sum_over_data_ranks_(self, value: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(value)
-        return value
+        return value.cpu()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The plain model state dict (FQNs of the unwrapped model) on every rank; ZeRO-3 gathers

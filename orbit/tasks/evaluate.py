@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import xarray as xr
 
 from orbit.config import load_config
@@ -71,12 +70,13 @@ def run_evaluation(run_dir: str | Path, checkpoint: str | Path | None = None, ou
                                "finetune.replace=[]", "parallel.engine=fsdp"])
     path = find_checkpoint(run_dir, checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "evaluation"
-    init_distributed(cfg.parallel.timeout_s)
-    is_main = not dist.is_initialized() or dist.get_rank() == 0
+    launch = init_distributed(cfg.parallel.timeout_s)
+    is_main = launch.rank == 0
     task = build_task(cfg)
     engine = build_engine(task.build_model(), cfg.parallel, loss_fn=task.loss_fn, precision=cfg.train.precision,
-                          activation_checkpointing=False, batch_size=cfg.data.batch_size)
-    step = load_distributed(path, engine.parts)["step"]
+                          activation_checkpointing=False, batch_size=cfg.data.batch_size,
+                          device=launch.device or "cpu")
+    step = load_distributed(path, engine.parts)["step"]  # weights only: this engine has no optimizer
     log.info("evaluating %s (step %d) of task %s", path, step, cfg.task)
     engine.train(False)
     device_type = next(iter(engine.parameters())).device.type

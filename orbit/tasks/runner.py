@@ -130,7 +130,7 @@ def run_training(cfg: RunConfig, run_dir: Path | None = None, resume: str | None
                                precision=cfg.train.precision,
                                activation_checkpointing=cfg.train.activation_checkpointing,
                                batch_size=cfg.data.batch_size, grad_clip=cfg.train.grad_clip,
-                               grad_accum_steps=cfg.train.grad_accum_steps)
+                               grad_accum_steps=cfg.train.grad_accum_steps, device=launch.device or "cpu")
     progress = Progress()
     trainer = Trainer(task, cfg.train, run_dir, build_engine=engine, progress=progress)
     info = run_info(cfg, launch, trainer.engine)
