@@ -24,8 +24,11 @@ $(DATA)/cmip_c.zarr: $(STAMP)
 
 data: $(DATA)/cmip_c.zarr
 
+# A fixed run directory, so fine-tuning can start from runs/pretrain-tiny/checkpoints/step_00000800;
+# running it again resumes (and only re-evaluates once the run is complete).
 demo: data
-	OMP_NUM_THREADS=1 $(PY) -m orbit pretrain --config configs/pretrain/tiny.yaml data.root=$(DATA)
+	OMP_NUM_THREADS=1 $(PY) -m orbit pretrain --config configs/pretrain/tiny.yaml --run-dir runs/pretrain-tiny \
+		--resume auto data.root=$(DATA)
 
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
