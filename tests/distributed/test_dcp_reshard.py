@@ -2,7 +2,7 @@
 on 2 ranks (dp_shard=2), in one process, and in one process holding two pipeline stages under one
 optimizer: the next two steps' losses equal the uninterrupted run's (the second one depends on the
 restored AdamW moments). An interrupted save leaves nothing that looks complete; the single-file
-export loads into a plain OrbitViT."""
+export loads into a plain OrbitViT, and fine-tuning initializes from it."""
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,6 +14,7 @@ from orbit.parallel.mesh import ParallelDims
 from orbit.parallel.pipeline import OrbitStage, stage_block_ranges
 from orbit.parallel.sharding import apply_fsdp
 from orbit.parallel.spawn import spawn
+from orbit.train.finetune import load_pretrained
 from tiny_training import adamw, global_batch, rel_err, tiny_model, train_steps
 
 SAVED_AT = 2  # optimizer steps before the save
@@ -127,3 +128,13 @@ def test_interrupted_save_leaves_no_complete_looking_checkpoint(tmp_path, monkey
     fresh = tiny_model()
     assert load_distributed(path, [fresh], adamw(fresh)) == {"step": 1}  # the older checkpoint is intact
     assert all(torch.equal(p, before[n]) for n, p in fresh.state_dict().items())
+
+
+def test_finetuning_starts_from_a_checkpoint_saved_on_four_ranks(saved):
+    """`finetune.init`: an HSDP-saved checkpoint initializes a plain model whose head is replaced."""
+    model = tiny_model()
+    torch.nn.init.zeros_(model.head.weight)
+    report = load_pretrained(model, saved["path"], replace=["head"])
+    assert report["replaced"] == ["head.weight", "head.bias"]
+    assert not model.head.weight.any()
+    assert all(torch.equal(p, saved["saved"][n]) for n, p in model.state_dict().items() if not n.startswith("head."))
