@@ -47,7 +47,8 @@ def cmd_elm(args) -> int:
     from orbit.data.elm_dataset import write_dataset
 
     path = write_dataset(args.out, overwrite=args.overwrite, grid=args.grid, seed=args.seed, tol=args.tol,
-                         max_years=args.max_years, holdout=args.holdout, block=args.block)
+                         max_years=args.max_years, holdout=args.holdout, block=args.block,
+                         site_copies=args.site_copies)
     print(path)
     return 0
 
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     elm.add_argument("--max-years", type=int, default=6000, help="spin-up years before a cell is dropped")
     elm.add_argument("--holdout", type=float, default=0.2, help="fraction of spatial blocks held out")
     elm.add_argument("--block", type=int, default=4, help="held-out block size in grid cells")
+    elm.add_argument("--site-copies", type=int, default=0,
+                     help="extra perturbed-soil/N-deposition sites per training cell (more training samples)")
     elm.add_argument("--overwrite", action="store_true")
     elm.set_defaults(func=cmd_elm)
 

@@ -177,7 +177,10 @@ class ElmSpinupTask:
         truth = d.truth[d.test]
         r2 = dict(zip(lm.OUTPUTS, r2_score(pred, truth).tolist()))
         base = dict(zip(lm.OUTPUTS, r2_score(self.baseline(), truth).tolist()))
+        fit = d.train[np.linspace(0, len(d.train) - 1, min(len(d.train), len(d.test))).round().astype(int)]
+        train_r2 = r2_score(self.predict(engine, fit), d.truth[fit])  # underfitting vs generalization gap
         scalars = {"r2_min": float(np.nanmin(list(r2.values()))), "r2_median": float(np.nanmedian(list(r2.values()))),
+                   "train_r2_min": float(np.nanmin(train_r2)), "train_r2_median": float(np.nanmedian(train_r2)),
                    "baseline_r2_min": float(np.nanmin(list(base.values()))),
                    "baseline_r2_median": float(np.nanmedian(list(base.values())))}
         return {"scalars": scalars, "r2": r2, "baseline_r2": base, "test_cells": int(len(d.test)),

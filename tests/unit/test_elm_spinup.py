@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from orbit.config import FinetuneConfig
-from orbit.data.elm_dataset import OutputTransform
+from orbit.data import land_model as lm
+from orbit.data.elm_dataset import FEATURE_NAMES, OutputTransform, forcing_features, perturbed_sites
 from orbit.models.heads.elm_spinup import ElmEmulatorConfig, ElmSpinupEmulator
 from orbit.models.registry import create_model
 from orbit.tasks.elm_spinup import CellSampler, r2_score, ridge_fit_predict
@@ -39,12 +40,15 @@ def test_ridge_baseline_recovers_a_linear_map():
     np.testing.assert_allclose(ridge_fit_predict(x, y, x[:5], alpha=1e-10), y[:5], atol=1e-6)
 
 
-def test_output_transform_round_trips_and_logs_only_nonnegative_outputs():
-    y = np.array([[1.0, -1.0, 0.0], [100.0, 2.0, 5.0], [1e4, 3.0, 10.0]])
+def test_output_transform_round_trips_and_takes_the_root_of_nonnegative_outputs_only():
+    y = np.array([[1.0, -1.0, 0.0], [100.0, 2.0, 4.0], [1e4, 3.0, 16.0]])
     tf = OutputTransform(y)
-    assert tf.log.tolist() == [True, False, True]
+    assert tf.sqrt.tolist() == [True, False, True]
     np.testing.assert_allclose(tf.inverse(tf.forward(y)), y, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(tf.forward(y).mean(axis=0), 0.0, atol=1e-12)
+    # third column: roots (0, 2, 4) -> mean 2, std sqrt(8/3)
+    np.testing.assert_allclose(tf.forward(y)[:, 2], np.array([-2.0, 0.0, 2.0]) / np.sqrt(8 / 3))
+    assert tf.inverse(np.array([[-50.0, 0.0, -50.0]]))[0, 2] == 0.0  # a pool never comes back negative
 
 
 def test_encoders_and_head_shapes():
@@ -120,3 +124,28 @@ def test_cell_sampler_resumes_and_splits_ranks():
     r0 = next(iter(CellSampler(cells, 10, 0, 0, 2)))
     r1 = next(iter(CellSampler(cells, 10, 0, 1, 2)))
     assert set(r0).isdisjoint(r1) and len(r0) + len(r1) == 20
+
+
+def test_forcing_features_known_answers():
+    """At a constant 25 degC the Lloyd-Taylor factor is 1; the decomposition factor is f_T * f_W; a frozen
+    year has no potential production."""
+    t = np.stack([np.full(12, 25.0), np.full(12, -25.0)])
+    w = np.full((2, 12), 0.5)
+    rad = np.full((2, 12), 200.0)
+    f = np.exp(forcing_features(t, w, rad, np.array([0, 2]))) - 1e-3
+    col = {name: f[:, j] for j, name in enumerate(FEATURE_NAMES)}
+    assert f.shape == (2, len(FEATURE_NAMES))
+    np.testing.assert_allclose(col["f_temp_mean"][0], 1.0, rtol=1e-9)
+    np.testing.assert_allclose(col["xi_mean"][0], lm.century_moisture(np.array(0.5)), rtol=1e-9)
+    np.testing.assert_allclose(col["leach_mean"], 2 * 0.25, rtol=1e-9)
+    assert col["gpp_pot_sum"][0] > 100 and col["gpp_pot_sum"][1] < 1e-3
+
+
+def test_perturbed_sites_stay_valid_and_keep_the_pft():
+    site = lm.Site(clay=np.array([0.05, 0.3, 0.5]), sand=np.array([0.85, 0.4, 0.05]), pft=np.array([0, 1, 3]),
+                   ndep=np.array([0.1, 1.0, 2.1]))
+    copies = perturbed_sites(site, 4, seed=0)  # lm.Site validates clay + sand <= 1 itself
+    assert copies.clay.shape == (12,) and (copies.pft == np.tile(site.pft, 4)).all()
+    assert (copies.clay >= 0.05).all() and (copies.clay <= 0.5).all() and (copies.clay + copies.sand <= 0.95).all()
+    assert (copies.ndep >= 0.1).all() and (copies.ndep <= 2.1).all()
+    assert np.abs(copies.clay - np.tile(site.clay, 4)).max() > 0.01  # they do differ from the originals
