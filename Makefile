@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.orbit-installed
 DATA   ?= data/toy
 DEMO_SOURCES := cmip_a cmip_b cmip_c
 
-.PHONY: setup demo data test bench
+.PHONY: setup demo data finetune-data test bench
 
 setup: $(STAMP)
 
@@ -29,6 +29,15 @@ data: $(DATA)/cmip_c.zarr
 demo: data
 	OMP_NUM_THREADS=1 $(PY) -m orbit pretrain --config configs/pretrain/tiny.yaml --run-dir runs/pretrain-tiny \
 		--resume auto data.root=$(DATA)
+
+# Data of the three fine-tuning tasks' tiny configs (configs/finetune/*/tiny.yaml); ~10 min on 2 cores.
+finetune-data: $(STAMP)
+	$(PY) -m orbit data synth --root $(DATA) --sources reanalysis --years 1990 1993 --train-years 1990 1992 \
+		--grid 32x64 --seed 0 --overwrite
+	$(PY) -m orbit data downscale --out data/downscale/reanalysis_16x32_x4.zarr --years 1990 1992 \
+		--train-years 1990 1991 --coarse-grid 16x32 --scale 4 --step-hours 12 --overwrite
+	$(PY) -m orbit data elm --out data/elm/elm_64x128_sites3.zarr --grid 64x128 --block 4 --tol 0.05 \
+		--site-copies 2 --overwrite
 
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
