@@ -301,8 +301,9 @@ class ElmArrays:
 
     forcing (N, 12, 3), statics (N, 5 + n_features + n_pft) (z-scored site values and `forcing_features`,
     one-hot PFT), patch (N, len(MAP_VARS), K, K),
-    target (N, O) in training space, truth (N, O) physical; `train` / `test` index arrays from the
-    store's spatial-block split (`data_fraction` keeps a seeded share of the training cells).
+    target (N, len(lm.LEARNED_OUTPUTS)) in training space, truth (N, len(lm.OUTPUTS)) physical, ndep (N,)
+    physical; `train` / `test` index arrays from the store's spatial-block split (`data_fraction` keeps a
+    seeded share of the training cells).
     """
 
     def __init__(self, ds: xr.Dataset, patch: int, data_fraction: float = 1.0, seed: int = 0):
@@ -329,8 +330,17 @@ class ElmArrays:
         maps = _zscore(maps, maps[:, ds.row.values[train], ds.col.values[train]][..., None], axis=(1, 2))
         self.patch = extract_patches(maps, ds.row.values, ds.col.values, patch).astype(np.float32)
         self.truth = np.stack([ds[v].values for v in lm.OUTPUTS], axis=1)
-        self.transform = OutputTransform(self.truth[train])
-        self.target = self.transform.forward(self.truth).astype(np.float32)
+        self.ndep = ds.ndep.values.astype(np.float64)
+        learned = self.truth[:, [lm.OUTPUTS.index(v) for v in lm.LEARNED_OUTPUTS]]
+        self.transform = OutputTransform(learned[train])
+        self.target = self.transform.forward(learned).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.truth)
+
+    def outputs(self, z: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """Training-space predictions z (M, len(lm.LEARNED_OUTPUTS)) of `cells` (M,) -> every output
+        (M, len(lm.OUTPUTS)) in physical units, the derived ones from the equilibrium identities."""
+        learned = dict(zip(lm.LEARNED_OUTPUTS, self.transform.inverse(z).T))
+        full = lm.derive_outputs(learned, self.ndep[cells])
+        return np.stack([full[name] for name in lm.OUTPUTS], axis=1)

@@ -154,21 +154,23 @@ class ElmSpinupTask:
 
     # ------------------------------------------------------------------ evaluation
     def predict(self, engine, cells: np.ndarray) -> np.ndarray:
-        """Physical-unit predictions (N, O) for `cells`."""
+        """Physical-unit predictions (N, len(lm.OUTPUTS)) for `cells`: the network's learned outputs, plus
+        those that follow from them at equilibrium (nloss = ndep + nfix, `lm.derive_outputs`)."""
         device = next(iter(engine.parameters())).device
         size = self.cfg.eval.batch_size
         out = []
         for start in range(0, len(cells), size):
             inputs = self.model_inputs(self.batch(cells[start:start + size]))
             out.append(engine.forward(tuple(x.to(device) for x in inputs)).float().cpu().numpy())
-        return self.data.transform.inverse(np.concatenate(out).astype(np.float64))
+        return self.data.outputs(np.concatenate(out).astype(np.float64), cells)
 
     def baseline(self) -> np.ndarray:
-        """Ridge regression on the flattened inputs, fitted in training space; (N_test, O) physical."""
+        """Ridge regression on the flattened inputs, fitted in training space to the same learned outputs
+        (derived ones follow as for the emulator); (N_test, len(lm.OUTPUTS)) physical."""
         d = self.data
         flat = np.concatenate([d.forcing.reshape(len(d), -1), d.statics, d.patch.reshape(len(d), -1)], axis=1)
         z = ridge_fit_predict(flat[d.train], d.target[d.train], flat[d.test])
-        return d.transform.inverse(z)
+        return d.outputs(z, d.test)
 
     def evaluate(self, engine, step: int) -> dict[str, Any]:
         d = self.data

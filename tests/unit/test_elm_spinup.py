@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from orbit.config import FinetuneConfig
 from orbit.data import land_model as lm
-from orbit.data.elm_dataset import FEATURE_NAMES, OutputTransform, forcing_features, perturbed_sites
+from orbit.data.elm_dataset import (FEATURE_NAMES, MAP_VARS, ElmArrays, OutputTransform, forcing_features,
+                                    perturbed_sites)
 from orbit.models.heads.elm_spinup import ElmEmulatorConfig, ElmSpinupEmulator
 from orbit.models.registry import create_model
 from orbit.tasks.elm_spinup import CellSampler, r2_score, ridge_fit_predict
@@ -149,3 +151,32 @@ def test_perturbed_sites_stay_valid_and_keep_the_pft():
     assert (copies.clay >= 0.05).all() and (copies.clay <= 0.5).all() and (copies.clay + copies.sand <= 0.95).all()
     assert (copies.ndep >= 0.1).all() and (copies.ndep <= 2.1).all()
     assert np.abs(copies.clay - np.tile(site.clay, 4)).max() > 0.01  # they do differ from the originals
+
+
+def _tiny_store(n=6):
+    """A hand-made store of `n` cells on a 2x3 grid with the variables ElmArrays reads; random outputs."""
+    rng = np.random.default_rng(0)
+    cell, fdims = ("cell",), ("cell", "month")
+    data = {v: (fdims, rng.uniform(0.1, 1.0, (n, 12))) for v in ("tair", "soil_moisture", "radiation")}
+    data.update({v: (cell, rng.uniform(0.1, 0.4, n)) for v in ("clay", "sand", "ndep", "elevation", "latitude")})
+    data.update({v: (cell, rng.uniform(1.0, 50.0, n)) for v in lm.OUTPUTS})
+    data.update({f"map_{v}": (("lat", "lon"), rng.standard_normal((2, 3))) for v in MAP_VARS})
+    rows, cols = np.divmod(np.arange(n), 3)
+    data.update(pft=(cell, np.arange(n) % 4), split=(cell, (np.arange(n) >= 4).astype(np.int8)), row=(cell, rows),
+                col=(cell, cols))
+    return xr.Dataset(data)
+
+
+def test_targets_are_the_learned_outputs_and_predictions_derive_nloss():
+    """The network is trained on lm.LEARNED_OUTPUTS only; turning its predictions into outputs puts every
+    learned value back and sets nloss = ndep + nfix in physical units (whatever the store's nloss was)."""
+    ds = _tiny_store()
+    arrays = ElmArrays(ds, patch=1)
+    assert arrays.target.shape == (6, len(lm.LEARNED_OUTPUTS)) and arrays.truth.shape == (6, len(lm.OUTPUTS))
+    cells = np.array([5, 1, 2])
+    out = arrays.outputs(arrays.target[cells].astype(np.float64), cells)
+    col = {name: out[:, j] for j, name in enumerate(lm.OUTPUTS)}
+    for name in lm.LEARNED_OUTPUTS:
+        np.testing.assert_allclose(col[name], ds[name].values[cells], rtol=1e-5)
+    np.testing.assert_allclose(col["nloss"], ds.ndep.values[cells] + col["nfix"], rtol=1e-12)
+    assert not np.allclose(col["nloss"], ds.nloss.values[cells])  # derived, not read from the truth

@@ -72,6 +72,23 @@ def test_ad_spin_up_ends_at_a_fixed_point(spun_up):
     assert again.nee.shape == (5, model.n)  # ... and stops once the 5-year window has held
 
 
+def test_derived_nloss_obeys_the_equilibrium_nitrogen_balance(spun_up):
+    """nloss = ndep + nfix holds exactly for the derived output, and matches the spun-up model's own nloss
+    (to the spin-up tolerance); every learned output passes through unchanged."""
+    model, result = spun_up
+    truth = lm.equilibrium_outputs(model, result.state, result.fluxes)
+    learned = {name: truth[name] for name in lm.LEARNED_OUTPUTS}
+    assert "nloss" not in learned and len(lm.LEARNED_OUTPUTS) == len(lm.OUTPUTS) - len(lm.DERIVED_OUTPUTS)
+    full = lm.derive_outputs(learned, model.site.ndep)
+    assert list(full) == list(lm.OUTPUTS)
+    np.testing.assert_array_equal(full["nloss"], model.site.ndep + truth["nfix"])
+    np.testing.assert_allclose(full["nloss"], truth["nloss"], rtol=0.01)
+    for name in lm.LEARNED_OUTPUTS:
+        assert full[name] is learned[name]
+    with pytest.raises(ValueError, match="nfix"):
+        lm.derive_outputs({k: v for k, v in learned.items() if k != "nfix"}, model.site.ndep)
+
+
 def test_plain_spin_up_from_cold_start_takes_centuries():
     model = _cells()  # the real turnover rates
     result = lm.spin_up(model, lm.cold_start(model.n), tol=1.0, window=10, max_years=300, record=True)

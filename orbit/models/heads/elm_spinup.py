@@ -6,7 +6,8 @@ backbone's embed_dim), tagged with a learned modality embedding:
   statics  (B, S)                   -> MLP -> `static_tokens` tokens
   patch    (B, C, K, K) maps around the cell -> 2-D convolutions -> K*K tokens (+ position embedding)
 A learned summary token is prepended; the ORBIT `blocks` mix all tokens; the head reads the final
-norm of the summary token and the token mean and predicts the (normalized) equilibrium outputs.
+norm of the summary token and the token mean and predicts the (normalized) equilibrium outputs
+(the learned ones: outputs fixed by equilibrium identities are derived by the task, lm.derive_outputs).
 """
 from __future__ import annotations
 
