@@ -30,6 +30,10 @@ def test_unknown_key_names_key_and_valid_ones(tmp_path):
     ("eval.years=[1996,1990]", "first <= last"),
     ("data.batch_size=0", ">= 1"),
     ("train.max_steps", "section.key=value"),
+    ("train.nonfinite=ignore", "stop"),
+    ("finetune.freeze=head", "all_but_head"),
+    ("finetune.data_fraction=0", "in \\(0, 1\\]"),
+    ("parallel.heartbeat_timeout_s=0", "positive seconds"),
 ])
 def test_bad_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -48,3 +52,15 @@ def test_ints_promote_to_float_and_roundtrip(tmp_path):
 def test_missing_file_is_a_clear_error():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/nope.yaml")
+
+
+def test_task_options_are_typed_by_the_task_and_roundtrip(tmp_path):
+    cfg = load_config(None, ["task=downscale", "options.store=pairs.zarr", "options.head_features=16"])
+    assert type(cfg.options).__name__ == "DownscaleOptions"
+    assert (cfg.options.store, cfg.options.head_features) == ("pairs.zarr", 16)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    with pytest.raises(ConfigError, match=r"unknown config key 'options.stor'; valid keys here: \['store'"):
+        load_config(None, ["task=downscale", "options.stor=x"])
+    with pytest.raises(ConfigError, match="task 'pretrain' takes no options section"):
+        load_config(None, ["options.store=x"])
