@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from orbit.atomic import write_atomically
 from orbit.data import store, synth
 
 CHANNELS = ("t2m", "u10", "v10", "tp", "z500")
@@ -255,9 +256,9 @@ def write(ds: xr.Dataset, path: str | Path, train_years: tuple[int, int], overwr
         if dims and dims[0] == "time":
             step_bytes = 4 * int(np.prod([out.sizes[d] for d in dims[1:]]))
             encoding[name] = {"chunks": (max(1, store.CHUNK_BYTES // step_bytes), *out[name].shape[1:])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_zarr(path, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
-    return path
+    return write_atomically(
+        path, lambda tmp: out.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True, encoding=encoding),
+        overwrite=overwrite)
 
 
 def open_pairs(path: str | Path) -> xr.Dataset:

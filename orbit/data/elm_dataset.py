@@ -25,6 +25,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
+from orbit.atomic import write_atomically
 from orbit.data import land_model as lm
 from orbit.data.synth import check_grid, make_statics
 
@@ -204,8 +205,8 @@ def write_dataset(path: str | Path, overwrite: bool = False, **kwargs) -> Path:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) to replace it")
     ds = generate(**kwargs)
-    ds.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
-    return path
+    return write_atomically(path, lambda tmp: ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True),
+                            overwrite=overwrite)
 
 
 def open_dataset(path: str | Path) -> xr.Dataset:

@@ -19,13 +19,13 @@ variable is its own channel (``t2m``).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+
+from orbit.atomic import write_atomically
 
 STORE_VERSION = 1
 KINDS = ("model", "reanalysis")
@@ -368,27 +368,9 @@ def write_store(ds_fields: xr.Dataset, path: str | os.PathLike, *, source: str, 
     }
     out = _assemble(ds_fields, statics, stats, global_attrs)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
-    try:
-        out.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
-        _move_into_place(tmp, path, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_atomically(path, lambda tmp: out.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True),
+                     overwrite=overwrite)
     return open_store(path)
-
-
-def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Rename the finished temp store onto ``path`` (the old store is removed only afterwards)."""
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    if not overwrite:
-        raise FileExistsError(f"store {path} appeared while writing; pass overwrite=True to replace it")
-    old = path.with_name(f"{path.name}.old-{os.getpid()}")
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def open_store(path: str | os.PathLike) -> xr.Dataset:

@@ -6,16 +6,15 @@ trained with), on whatever layout this launch has: the checkpoint is resharded o
 from __future__ import annotations
 
 import contextlib
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 import xarray as xr
 
+from orbit.atomic import write_atomically
 from orbit.config import load_config
-from orbit.parallel.checkpoint import load_distributed
+from orbit.parallel.checkpoint import is_complete, load_distributed
 from orbit.parallel.env import init_distributed
 from orbit.parallel.parallelize import build_engine
 from orbit.tasks import build_task
@@ -29,7 +28,7 @@ def find_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
     """The given checkpoint, or the newest complete one of the run."""
     if checkpoint is not None:
         path = Path(checkpoint)
-        if not (path / ".metadata").is_file():
+        if not is_complete(path):
             raise FileNotFoundError(f"--checkpoint {str(path)!r} is not a complete checkpoint directory")
         return path
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
@@ -39,19 +38,13 @@ def find_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
 
 
 def write_predictions(dataset: xr.Dataset, path: Path) -> Path:
-    """Write atomically: a temporary sibling renamed into place, so a reader never sees half a file."""
-    suffix = path.suffix
-    if suffix not in PREDICTION_FORMATS.values():
+    """zarr or netCDF by suffix, written atomically: a reader never sees half a file."""
+    if path.suffix not in PREDICTION_FORMATS.values():
         raise ValueError(f"predictions path {str(path)!r} must end in one of {list(PREDICTION_FORMATS.values())}")
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    if suffix == ".zarr":
-        dataset.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
-    else:
-        dataset.to_netcdf(tmp)
-    if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    tmp.rename(path)
-    return path
+    if path.suffix == ".zarr":
+        return write_atomically(path, lambda tmp: dataset.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True),
+                                overwrite=True)
+    return write_atomically(path, dataset.to_netcdf, overwrite=True)
 
 
 def run_evaluation(run_dir: str | Path, checkpoint: str | Path | None = None, out_dir: str | Path | None = None,

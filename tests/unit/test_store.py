@@ -171,6 +171,7 @@ def test_interrupted_write_leaves_old_store_and_no_debris(tmp_path, monkeypatch)
     write(old, tmp_path)
 
     def crash(self, target, **kwargs):
+        target.mkdir()
         (target / "partial").write_text("half a store")
         raise KeyboardInterrupt
 
