@@ -23,8 +23,6 @@ rank 0 can publish without another barrier.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 import warnings
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -44,6 +42,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from orbit.atomic import move_into_place, temporary_sibling
 
 EXTRA_FILE = "extra.pt"
 METADATA_FILE = ".metadata"  # DCP's index, written last by the coordinating rank
@@ -130,21 +130,30 @@ def _fqn_prefixes(name: str) -> list[str]:
 # --- save / load ----------------------------------------------------------------------------------
 
 def shared_tmp_path(path: Path) -> Path:
-    token = [uuid.uuid4().hex[:12]]
+    """A temporary sibling of `path`, the same on every rank (rank 0 picks it)."""
+    name = [temporary_sibling(path).name]
     if _distributed():
-        dist.broadcast_object_list(token, src=0)
-    return path.with_name(f"{path.name}.tmp-{token[0]}")
+        dist.broadcast_object_list(name, src=0)
+    return path.with_name(name[0])
 
 
 def publish_checkpoint(tmp: Path, path: Path) -> None:
     """Atomically give the finished directory its final name (replacing an older one of that name)."""
-    if path.exists():
-        old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:12]}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+    move_into_place(tmp, path)
+
+
+def _stage(path: Path, model_parts: list[nn.Module], optimizer: torch.optim.Optimizer,
+           extra: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """Collective: this rank's state to save, and the temporary directory (made by rank 0, holding
+    `extra`) it goes to before `publish_checkpoint`."""
+    parts = nn.ModuleList(model_parts)
+    state = {"model": _model_state(parts), "optimizer": _optimizer_state(parts, optimizer)}
+    tmp = shared_tmp_path(path)
+    if _is_rank0():
+        tmp.mkdir(parents=True)
+        torch.save(extra, tmp / EXTRA_FILE)
+    _barrier()
+    return state, tmp
 
 
 def save_distributed(path: str | os.PathLike, model_parts: list[nn.Module], optimizer: torch.optim.Optimizer,
@@ -155,16 +164,9 @@ def save_distributed(path: str | os.PathLike, model_parts: list[nn.Module], opti
     parallelization; `extra` is small state, the same on every rank, saved by rank 0.
     """
     path = Path(path)
-    parts = nn.ModuleList(model_parts)
-    state = {"model": _model_state(parts), "optimizer": _optimizer_state(parts, optimizer)}
-    tmp = shared_tmp_path(path)
-    if _is_rank0():
-        tmp.mkdir(parents=True)
-    _barrier()
+    state, tmp = _stage(path, model_parts, optimizer, extra)
     with _single_process_is_intended():
         dcp.save(state, checkpoint_id=tmp, no_dist=not _distributed())
-    if _is_rank0():
-        torch.save(extra, tmp / EXTRA_FILE)
     _barrier()  # every rank's shards and DCP's metadata are on disk
     if _is_rank0():
         publish_checkpoint(tmp, path)
@@ -193,13 +195,7 @@ class AsyncCheckpointWriter:
         the same on every rank) is written by rank 0 before this returns."""
         self.wait()
         path = Path(path)
-        parts = nn.ModuleList(model_parts)
-        state = {"model": _model_state(parts), "optimizer": _optimizer_state(parts, optimizer)}
-        tmp = shared_tmp_path(path)
-        if _is_rank0():
-            tmp.mkdir(parents=True)
-            torch.save(extra, tmp / EXTRA_FILE)
-        _barrier()
+        state, tmp = _stage(path, model_parts, optimizer, extra)
         with _single_process_is_intended():
             future = dcp.async_save(state, checkpoint_id=tmp, process_group=self._group, no_dist=not _distributed())
         self._pending = (future, tmp, path)
