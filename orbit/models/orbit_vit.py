@@ -7,6 +7,7 @@ from torch import nn
 
 from .config import OrbitConfig
 from .layers import Block, LeadTimeEmbedding, VariableAggregation, VariablePatchEmbed, patchify, sincos_pos_embed_2d
+from .layers.init import init_linear_and_norm
 
 
 class OrbitViT(nn.Module):
@@ -49,13 +50,7 @@ class OrbitViT(nn.Module):
         buffer is not saved in checkpoints (it is a fixed function of the grid).
         """
         self.pos_embed.copy_(sincos_pos_embed_2d(self.config.grid_size, self.config.embed_dim))
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_linear_and_norm(self)
         self.patch_embed.reset_parameters()
         nn.init.trunc_normal_(self.var_embed.weight, std=0.02)
         nn.init.trunc_normal_(self.aggregation.query, std=0.02)

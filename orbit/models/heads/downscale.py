@@ -24,6 +24,7 @@ from torch import nn
 
 from orbit.models.config import OrbitConfig
 from orbit.models.layers import Block, sincos_pos_embed_2d
+from orbit.models.layers.init import init_linear_and_norm
 
 
 def pad_sphere(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -116,13 +117,7 @@ class DownscaleViT(nn.Module):
     def init_weights(self) -> None:
         """Fresh weights; the last conv starts at zero so the untrained model is the bicubic baseline."""
         self.pos_embed.copy_(sincos_pos_embed_2d(self.config.grid_size, self.config.embed_dim))
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_linear_and_norm(self)
         last = self.refine.layers[-1].conv
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)

@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from orbit.models.layers import Block
+from orbit.models.layers.init import init_linear_and_norm
 
 
 @dataclass(frozen=True)
@@ -122,13 +123,7 @@ class ElmSpinupEmulator(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_linear_and_norm(self)
         for param in (self.modality_embed, self.summary_token, self.forcing_encoder.month_embed,
                       self.spatial_encoder.pos_embed):
             nn.init.trunc_normal_(param, std=0.02)
