@@ -129,8 +129,7 @@ class DownscaleTask:
             f"(physical units, area-weighted), step {summary.get('step')}\n\n{table}\n")
         if self._example:
             plot_downscale_maps(self._example, self.eval_set, run_dir / "downscale_maps.png")
-        if (run_dir / "metrics.csv").exists():
-            plot_loss_curve(run_dir)
+        plot_loss_curve(run_dir)
 
     def predictions(self, engine) -> xr.Dataset:
         """Model output on the fine grid for the evaluation steps: one (time, lat, lon) variable per

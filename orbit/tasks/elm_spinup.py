@@ -204,8 +204,7 @@ class ElmSpinupTask:
                 print(vtable)
                 text += f"\n{vtable}\n"
         (run_dir / "elm_report.md").write_text(text)
-        if (run_dir / "metrics.csv").exists():
-            plot_loss_curve(run_dir)
+        plot_loss_curve(run_dir)
 
     def validate_spinup(self, test_pred: np.ndarray) -> dict[str, Any]:
         """Spin up `validation_cells` held-out cells from the cold start (plain, AD) and the emulated state."""

@@ -200,8 +200,7 @@ class ForecastTask(PretrainTask):
         table = scorecard_markdown(summary["skill"])
         print(table)
         (run_dir / "scorecard.md").write_text(table)
-        if (run_dir / "metrics.csv").is_file():
-            plot_loss_curve(run_dir)
+        plot_loss_curve(run_dir)
         forecasters = (*METHODS, *BASELINES)
         channels = list(self.options.score_channels)
         plot_skill_vs_lead(summary["skill"], run_dir, channels, forecasters=forecasters)

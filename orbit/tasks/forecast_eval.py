@@ -120,8 +120,7 @@ def print_skill_table(skill: dict[str, Any]) -> None:
 
 def write_skill_figures(summary: dict[str, Any], example: dict[str, Any], run_dir: Path,
                         channels: list[str]) -> None:
-    if (Path(run_dir) / "metrics.csv").is_file():  # absent in `orbit evaluate` output directories
-        plot_loss_curve(run_dir)
+    plot_loss_curve(run_dir)
     plot_skill_vs_lead(summary["skill"], run_dir, channels)
     if example:
         plot_forecast_maps(example["maps"], example["lat"], example["lon"], example["title"],

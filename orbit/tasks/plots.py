@@ -13,8 +13,13 @@ import numpy as np  # noqa: E402
 FORECASTERS = ("model", "persistence", "climatology")
 
 
-def plot_loss_curve(run_dir: Path) -> Path:
-    with open(Path(run_dir) / "metrics.csv") as handle:
+def plot_loss_curve(run_dir: Path) -> Path | None:
+    """`<run_dir>/loss.png` from metrics.csv; None where there is no training log (the output
+    directory of `orbit evaluate`)."""
+    metrics = Path(run_dir) / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    with open(metrics) as handle:
         rows = list(csv.DictReader(handle))
     steps = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -28,23 +33,13 @@ def plot_skill_vs_lead(skill: dict, run_dir: Path, channels: list[str], forecast
                        metric: str = "rmse") -> Path:
     """One panel per channel: `metric` ("rmse" or "acc") of each forecaster against lead time,
     written to `<run_dir>/skill_<metric>.png`; a missing score (None) leaves a gap."""
-    ncols = min(4, len(channels))
-    nrows = int(np.ceil(len(channels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
+    fig, axes = _channel_panels(channels, (3.2, 2.6))
     for ax, channel in zip(axes.flat, channels):
         leads = sorted(skill[channel], key=int)
         for name in forecasters:
-            values = [skill[channel][h][name][metric] for h in leads]
-            ax.plot([int(h) for h in leads], [np.nan if v is None else v for v in values], marker="o",
-                    label=name)
-        ax.set_title(channel, fontsize=9)
-        ax.set_xlabel("lead (h)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(channels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"latitude-weighted {metric.upper()} on held-out years")
-    return _save(fig, Path(run_dir) / f"skill_{metric}.png")
+            _score_curve(ax, skill[channel], leads, name, metric, marker="o", label=name)
+    title = f"latitude-weighted {metric.upper()} on held-out years"
+    return _finish_panels(fig, axes, channels, title, 7, Path(run_dir) / f"skill_{metric}.png")
 
 
 def plot_forecast_maps(maps: dict[str, np.ndarray], lat: np.ndarray, lon: np.ndarray, title: str,
@@ -77,25 +72,40 @@ def plot_skill_comparison(runs: dict[str, dict], channels: list[str], path: Path
                           metric: str = "rmse") -> Path:
     """One panel per channel: `metric` of `forecaster` against lead time for each run (label -> skill
     as in a forecast summary), with the first run's persistence and climatology as grey references."""
-    ncols = min(4, len(channels))
-    nrows = int(np.ceil(len(channels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), squeeze=False)
+    fig, axes = _channel_panels(channels, (3.4, 2.8))
     reference = next(iter(runs.values()))
     for ax, channel in zip(axes.flat, channels):
         leads = sorted(reference[channel], key=int)
-        hours = [int(h) for h in leads]
         for label, skill in runs.items():
-            values = [skill[channel][h][forecaster][metric] for h in leads]
-            ax.plot(hours, [np.nan if v is None else v for v in values], marker="o", ms=3, label=label)
+            _score_curve(ax, skill[channel], leads, forecaster, metric, marker="o", ms=3, label=label)
         for name, style in (("persistence", ":"), ("climatology", "--")):
-            values = [reference[channel][h][name][metric] for h in leads]
-            if any(v is not None for v in values):
-                ax.plot(hours, [np.nan if v is None else v for v in values], color="grey", ls=style, label=name)
+            if any(reference[channel][h][name][metric] is not None for h in leads):
+                _score_curve(ax, reference[channel], leads, name, metric, color="grey", ls=style, label=name)
+    title = f"{forecaster} forecast {metric.upper()} on held-out years"
+    return _finish_panels(fig, axes, channels, title, 6, path)
+
+
+def _channel_panels(channels: list[str], panel_inches: tuple[float, float]):
+    """A grid of up to 4 panels per row, one per channel: (figure, axes array)."""
+    ncols = min(4, len(channels))
+    nrows = int(np.ceil(len(channels) / ncols))
+    width, height = panel_inches
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+
+
+def _score_curve(ax, by_lead: dict, leads: list[str], name: str, metric: str, **style) -> None:
+    """`by_lead[lead][name][metric]` against lead hours; a missing score (None) leaves a gap."""
+    values = [by_lead[h][name][metric] for h in leads]
+    ax.plot([int(h) for h in leads], [np.nan if v is None else v for v in values], **style)
+
+
+def _finish_panels(fig, axes, channels: list[str], title: str, legend_size: int, path: Path) -> Path:
+    for ax, channel in zip(axes.flat, channels):
         ax.set_title(channel, fontsize=9)
         ax.set_xlabel("lead (h)", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(channels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
-    fig.suptitle(f"{forecaster} forecast {metric.upper()} on held-out years")
+    axes.flat[0].legend(fontsize=legend_size)
+    fig.suptitle(title)
     return _save(fig, path)
