@@ -25,3 +25,12 @@ def pretrained_ckpt(toy_root, tmp_path_factory):
                  "eval.stride=16", "data.batch_size=2", "train.max_steps=2", "train.warmup_steps=1",
                  "train.log_every=1", "train.ckpt_every=2"]) == 0
     return run_dir / "checkpoints" / "step_00000002"
+
+
+@pytest.fixture(scope="session")
+def downscale_pairs(tmp_path_factory):
+    """A small downscaling store (16x32 -> 64x128, daily, 1990-1991; statistics from 1990)."""
+    path = tmp_path_factory.mktemp("downscale") / "pairs.zarr"
+    assert main(["data", "downscale", "--out", str(path), "--years", "1990", "1991", "--train-years", "1990", "1990",
+                 "--coarse-grid", "16x32", "--scale", "4", "--step-hours", "24"]) == 0
+    return path

@@ -6,21 +6,16 @@ Each torchrun launch costs ~20 s on 2 cores (start-up, `import deepspeed`, evalu
 DeepSpeed engine on a machine also JIT-compiles a comm op (~30 s, cached in ~/.cache/torch_extensions).
 """
 import csv
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from orbit.cli import main
-from orbit.parallel.spawn import free_port
+from cli_runs import torchrun
 from test_cli import _tiny_run
 
 pytest.importorskip("deepspeed", reason="parallel.engine 'deepspeed' needs DeepSpeed (pip install orbit[deepspeed])")
 
-REPO = Path(__file__).resolve().parents[2]
 # Gradient clipping is active: the first steps' gradient norms are ~0.07, so DeepSpeed's clipping is compared too.
 COMMON = ("train.max_steps=4", "train.log_every=1", "train.ckpt_every=2", "train.grad_clip=0.05")
 # Reached here: per-step losses agree to ~1e-7 relative (float32 reductions in another order).
@@ -39,12 +34,8 @@ def _losses(run_dir):
 
 def _torchrun(toy_root, run_dir, *extra):
     """2 ranks under DeepSpeed, each on half of the reference's global batch."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               str(free_port()), "-m", "orbit",
-               *_tiny_run(toy_root, run_dir, *COMMON, "parallel.engine=deepspeed", *extra)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    torchrun(_tiny_run(toy_root, run_dir, *COMMON, "parallel.engine=deepspeed", *extra), 2,
+             env={"DS_ACCELERATOR": "cpu"}, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import numpy as np
-import pytest
 import xarray as xr
 
 from orbit.cli import main
@@ -10,17 +9,9 @@ from orbit.cli import main
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs/finetune/downscale/tiny.yaml")
 
 
-@pytest.fixture(scope="module")
-def pairs_store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("downscale") / "pairs.zarr"
-    assert main(["data", "downscale", "--out", str(path), "--years", "1990", "1991", "--train-years", "1990", "1990",
-                 "--coarse-grid", "16x32", "--scale", "4", "--step-hours", "24"]) == 0
-    return path
-
-
-def test_finetune_and_evaluate_downscaling(pairs_store, pretrained_ckpt, tmp_path, capsys):
+def test_finetune_and_evaluate_downscaling(downscale_pairs, pretrained_ckpt, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    overrides = [f"options.store={pairs_store}", "data.train_years=[1990,1990]", "eval.years=[1991,1991]",
+    overrides = [f"options.store={downscale_pairs}", "data.train_years=[1990,1990]", "eval.years=[1991,1991]",
                  "data.batch_size=2", "train.max_steps=2", "train.warmup_steps=1", "train.log_every=1",
                  "train.ckpt_every=2", "eval.stride=30", "eval.max_samples=4", "eval.batch_size=2"]
     assert main(["finetune", "--config", CONFIG, "--init", str(pretrained_ckpt), "--run-dir", str(run_dir),
@@ -35,13 +26,13 @@ def test_finetune_and_evaluate_downscaling(pairs_store, pretrained_ckpt, tmp_pat
     assert set(predictions.data_vars) == {"t2m", "u10", "v10", "tp", "z500"}
     assert predictions["t2m"].dims == ("time", "lat", "lon") and predictions["t2m"].shape == (4, 64, 128)
     assert predictions["lat"].attrs["units"] == "degrees_north" and predictions["tp"].attrs["units"] == "mm"
-    truth = xr.open_zarr(pairs_store, consolidated=True)
+    truth = xr.open_zarr(downscale_pairs, consolidated=True)
     np.testing.assert_array_equal(predictions["time"].values, truth["time"].values[365::30][:4])
     assert float(predictions["tp"].min()) >= 0.0
     assert 200.0 < float(predictions["t2m"].mean()) < 320.0  # physical units, not normalized
 
 
-def test_downscale_rejects_overlapping_years(pairs_store, tmp_path, capsys):
-    code = main(["finetune", "--config", CONFIG, "--run-dir", str(tmp_path / "run"), f"options.store={pairs_store}",
+def test_downscale_rejects_overlapping_years(downscale_pairs, tmp_path, capsys):
+    code = main(["finetune", "--config", CONFIG, "--run-dir", str(tmp_path / "run"), f"options.store={downscale_pairs}",
                  "data.train_years=[1990,1991]", "eval.years=[1991,1991]", "finetune.replace=[]"])
     assert code == 2 and "overlap" in capsys.readouterr().err

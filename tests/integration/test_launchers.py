@@ -2,7 +2,6 @@
 launch/mpirun.sh on MPICH's mpiexec (from the venv: `pip install mpich mpi4py`, the dev extras), and a
 simulated srun (four processes given the SLURM_* variables of a 2-node x 2-task step). All three must
 log the same per-step losses and record the launcher that started them."""
-import csv
 import json
 import os
 import shutil
@@ -14,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from orbit.parallel.spawn import free_port
+from cli_runs import REPO, step_losses
 from test_cli import _tiny_run
 
-REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 STEPS = ("train.max_steps=3", "train.log_every=1", "train.ckpt_every=100", "model.depth=2", "model.num_heads=4",
          "data.batch_size=2", "parallel.tp=2", "parallel.dp_shard=2")
@@ -85,11 +84,6 @@ def _simulated_srun(args):
     _wait_all(procs, "simulated srun")
 
 
-def _losses(run_dir):
-    with open(run_dir / "metrics.csv") as handle:
-        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
-
-
 def _launch_record(run_dir):
     return json.loads((run_dir / "run_info.json").read_text())["launch"]
 
@@ -99,10 +93,10 @@ def test_every_launcher_trains_the_same(toy_root, tmp_path):
     for launcher, launch in runs.items():
         launch(_tiny_run(toy_root, tmp_path / launcher, *STEPS))
 
-    reference = _losses(tmp_path / "torchrun")
+    reference = step_losses(tmp_path / "torchrun")
     assert reference.keys() == {1, 2, 3}
     for launcher in runs:
-        losses = _losses(tmp_path / launcher)
+        losses = step_losses(tmp_path / launcher)
         assert losses.keys() == reference.keys(), launcher
         for step in reference:
             assert losses[step] == pytest.approx(reference[step], rel=LOSS_RTOL), (launcher, step)
