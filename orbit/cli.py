@@ -23,7 +23,7 @@ def _years(values: list[int]) -> tuple[int, int]:
 
 
 def cmd_synth(args) -> int:
-    from orbit.data.synth import synthesize
+    from orbit.synthetic.toy_earth import synthesize
 
     paths = synthesize(args.root, sources=args.sources, years=_years(args.years), grid=args.grid,
                        seed=args.seed, train_years=_years(args.train_years), overwrite=args.overwrite)
@@ -54,7 +54,7 @@ def cmd_elm(args) -> int:
 
 
 def cmd_downscale_data(args) -> int:
-    from orbit.data.downscale import synthesize
+    from orbit.synthetic.fine_scale import synthesize
 
     path = synthesize(args.out, source=args.source, years=_years(args.years),
                       train_years=_years(args.train_years) if args.train_years else None,
@@ -66,7 +66,7 @@ def cmd_downscale_data(args) -> int:
 
 def cmd_train(args) -> int:
     from orbit.config import load_config
-    from orbit.tasks.runner import run_training
+    from orbit.run.runner import run_training
 
     import torch.distributed as dist
 
@@ -86,7 +86,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from orbit.tasks.evaluate import run_evaluation
+    from orbit.run.evaluate import run_evaluation
 
     import torch.distributed as dist
 
@@ -111,7 +111,7 @@ def cmd_info(args) -> int:
 
 def cmd_plan(args) -> int:
     from orbit.config import load_config
-    from orbit.parallel.plan import Cluster, format_plan, parse_memory, plan
+    from orbit.perf.plan import Cluster, format_plan, parse_memory, plan
 
     cluster = Cluster(args.nodes, args.gpus_per_node, parse_memory(args.gpu_memory), headroom=args.headroom)
     result = plan(load_config(args.config, args.overrides), cluster, grid=args.grid, top=args.top,
@@ -121,7 +121,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from orbit.parallel.benchmark_report import run_scaling_benchmark
+    from orbit.perf.benchmark_report import run_scaling_benchmark
 
     command = "orbit bench " + " ".join(sys.argv[2:]) if args.command_line is None else args.command_line
     md, png = run_scaling_benchmark(args.sizes, args.world_sizes, args.steps, args.out, command=command)

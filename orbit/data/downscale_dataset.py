@@ -1,6 +1,6 @@
 """Normalized (coarse, fine) pairs of a downscaling store and a resumable, rank-sharded loader of them.
 
-Everything lives in memory as float32 in the training space (`orbit.data.downscale`): the tiny
+Everything lives in memory as float32 in the training space (`orbit.synthetic.fine_scale`): the tiny
 16x32 -> 64x128 store holds ~0.1 GB per year at 12-hourly steps; the 32x64 -> 128x256 one ~1 GB
 per channel-set-year at 6-hourly steps, which a cluster node holds easily.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from orbit.data import downscale
+from orbit.synthetic import fine_scale as downscale
 from orbit.data.loader import ShardedBatchSampler, steps_per_epoch
 
 

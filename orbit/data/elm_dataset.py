@@ -1,6 +1,6 @@
 """Training set of the ELM spin-up emulator: per land cell, forcing + site + maps in, spun-up equilibrium out.
 
-Geography (land mask, orography) is the toy Earth's (`orbit.data.synth.make_statics`); the climate is
+Geography (land mask, orography) is the toy Earth's (`orbit.synthetic.toy_earth.make_statics`); the climate is
 derived from latitude, elevation and continentality plus smooth random fields (`n_k`, unit std):
   annual mean T = -16 + 44 cos(lat) - 0.0065 z + 2.5 n1  [degC]; seasonal amplitude
   (1.5 + 18 |sin lat|^1.2)(0.6 + 0.6 c) with continentality c (smoothed land mask), coldest in January
@@ -26,8 +26,8 @@ import xarray as xr
 from scipy import ndimage
 
 from orbit.atomic import write_atomically
-from orbit.data import land_model as lm
-from orbit.data.synth import check_grid, make_statics
+from orbit.synthetic import land_model as lm
+from orbit.synthetic.toy_earth import check_grid, make_statics
 
 SOLAR_CONSTANT = 1361.0  # W m-2
 ICE_TMEAN = -10.0  # degC: colder cells are ice sheets, without vegetation

@@ -1,11 +1,11 @@
 """Downscaling fine-tuning (ORBIT-2 style): coarse toy-Earth fields in, 4x finer fields out.
 
-The model (`orbit.models.heads.downscale.DownscaleViT`) keeps the pretrained transformer blocks and
+The model (`orbit.models.downscale_net.DownscaleViT`) keeps the pretrained transformer blocks and
 gets a new input embedding (coarse fields interpolated to the fine grid + fine orography and
 land-sea mask) and a pixel-shuffle head with a residual convolutional path. It trains on
 normalized training-space fields (log1p precipitation) with the latitude-weighted MSE, and is
 scored in physical units against bicubic interpolation of the coarse input with the metrics of
-`orbit.metrics_downscale`.
+`orbit.metrics.downscale`.
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ import xarray as xr
 from torch import nn
 
 from orbit.config import RunConfig, register_task_options
-from orbit.data import downscale
+from orbit.synthetic import fine_scale as downscale
 from orbit.data.downscale_dataset import DownscaleBatch, DownscaleDataset, DownscaleLoader
-from orbit.metrics import lat_weighted_mse_loss
-from orbit.metrics_downscale import PERCENTILES, downscaling_scores
-from orbit.models.heads.downscale import DownscaleViT, upsample_bicubic
+from orbit.metrics.weather import lat_weighted_mse_loss
+from orbit.metrics.downscale import PERCENTILES, downscaling_scores
+from orbit.models.downscale_net import DownscaleViT, upsample_bicubic
 from orbit.models.registry import get_config
 from orbit.tasks import register_task
-from orbit.tasks.plots import plot_loss_curve, plt
+from orbit.run.plots import plot_loss_curve, plt
 from orbit.train.finetune import prepare_model
 
 METHODS = ("model", "bicubic")

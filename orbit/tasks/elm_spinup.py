@@ -19,12 +19,13 @@ import xarray as xr
 from torch import nn
 
 from orbit.config import RunConfig, register_task_options
-from orbit.data import land_model as lm
+from orbit.metrics.emulator import r2_score
+from orbit.synthetic import land_model as lm
 from orbit.data.elm_dataset import FORCING_VARS, ElmArrays, open_dataset
-from orbit.models.heads.elm_spinup import ElmEmulatorConfig, ElmSpinupEmulator
+from orbit.models.elm_emulator import ElmEmulatorConfig, ElmSpinupEmulator
 from orbit.models.registry import get_config
 from orbit.tasks import register_task
-from orbit.tasks.plots import plot_loss_curve, plt
+from orbit.run.plots import plot_loss_curve, plt
 from orbit.train.finetune import prepare_model
 
 SCATTER_OUTPUTS = ("totecosysc", "soil3c", "stemc", "sminn", "gpp", "cwdn")
@@ -42,17 +43,6 @@ class ElmSpinupOptions:
     drift_tol: float = 1.0  # gC m-2 yr-1, ELM-like spin-up criterion on |annual NEE|
     drift_window: int = 10  # years the criterion must hold
     max_spinup_years: int = 6000
-
-
-def r2_score(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Coefficient of determination per column: 1 - sum (y - yhat)^2 / sum (y - mean y)^2; (N, O) -> (O,).
-
-    A constant column (no variance) scores nan rather than an arbitrary number.
-    """
-    residual = ((true - pred) ** 2).sum(axis=0)
-    total = ((true - true.mean(axis=0)) ** 2).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, 1.0 - residual / total, np.nan)
 
 
 def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x: np.ndarray, alpha: float = 1e-2) -> np.ndarray:

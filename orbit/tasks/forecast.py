@@ -28,7 +28,7 @@ from orbit.data.dataset import ForecastDataset
 from orbit.data.loader import ResumableLoader
 from orbit.tasks import register_task
 from orbit.tasks.forecast_eval import channel_attrs, score_forecasts
-from orbit.tasks.plots import plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
+from orbit.run.plots import plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
 from orbit.tasks.pretrain import PretrainTask
 from orbit.tasks.rollout import rollout
 from orbit.train.finetune import prepare_model

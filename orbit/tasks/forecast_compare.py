@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from orbit.tasks.plots import plot_skill_comparison
+from orbit.run.plots import plot_skill_comparison
 
 
 def read_skill(run_dir: Path) -> dict[str, Any]:

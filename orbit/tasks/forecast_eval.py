@@ -21,8 +21,8 @@ from orbit.data.batch import Batch
 from orbit.data.dataset import ForecastDataset
 from orbit.data.loader import evaluation_batches
 from orbit.data.store import VARIABLE_ATTRS
-from orbit.metrics import SkillAccumulator
-from orbit.tasks.plots import FORECASTERS, plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
+from orbit.metrics.weather import SkillAccumulator
+from orbit.run.plots import FORECASTERS, plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
 
 EXAMPLE_CHANNELS = ("t2m", "z500", "t850")
 

@@ -18,7 +18,7 @@ from orbit.config import RunConfig
 from orbit.data.dataset import ForecastDataset
 from orbit.data.forcings import cos_solar_zenith, lead_valid_time_ns
 from orbit.data.loader import ResumableLoader, evaluation_batches
-from orbit.metrics import lat_weighted_mse_loss
+from orbit.metrics.weather import lat_weighted_mse_loss
 from orbit.models.registry import create_model
 from orbit.tasks import register_task
 from orbit.tasks.forecast_eval import evaluate_skill, forecast_dataset, print_skill_table, write_skill_figures

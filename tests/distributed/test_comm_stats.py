@@ -7,9 +7,9 @@ import torch.distributed._functional_collectives as funcol
 
 from orbit.config import ParallelConfig
 from orbit.models import create_model
-from orbit.parallel.benchmark import BYTES_PER_PARAM_FP32_ADAMW, case, default_cases, device_peak, state_bytes
-from orbit.parallel.comm_model import expected_sent_bytes, params_per_tp_rank
-from orbit.parallel.comm_stats import CommCounter, mesh_axis_groups, sent_bytes
+from orbit.perf.benchmark import BYTES_PER_PARAM_FP32_ADAMW, case, default_cases, device_peak, state_bytes
+from orbit.perf.comm_model import expected_sent_bytes, params_per_tp_rank
+from orbit.perf.comm_stats import CommCounter, mesh_axis_groups, sent_bytes
 from orbit.parallel.mesh import ParallelDims, parallel_dims_from
 from orbit.parallel.parallelize import build_engine
 from orbit.parallel.spawn import spawn

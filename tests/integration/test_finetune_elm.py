@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from orbit.cli import main
-from orbit.data import land_model as lm
+from orbit.synthetic import land_model as lm
 
 CONFIG = "configs/finetune/elm_spinup/tiny.yaml"
 

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from orbit.cli import main
-from orbit.data.synth import synthesize
+from orbit.synthetic.toy_earth import synthesize
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs/finetune/forecast/tiny.yaml")
 

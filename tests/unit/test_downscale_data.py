@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from orbit.data import downscale, synth
+from orbit.synthetic import fine_scale as downscale
+from orbit.synthetic import toy_earth as synth
 from orbit.data.downscale_dataset import DownscaleDataset, DownscaleLoader
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from orbit.metrics_downscale import (downscaling_scores, gaussian_window, pearson, percentile_thresholds, rmse,
+from orbit.metrics.downscale import (downscaling_scores, gaussian_window, pearson, percentile_thresholds, rmse,
                                      rmse_above, ssim, ssim_per_sample)
 
 H, W = 16, 32

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from orbit.config import FinetuneConfig
-from orbit.models.heads.downscale import DownscaleViT, PixelShuffleHead, upsample_bicubic
+from orbit.models.downscale_net import DownscaleViT, PixelShuffleHead, upsample_bicubic
 from orbit.models.registry import create_model, get_config
 from orbit.tasks.downscale import bicubic_baseline
 from orbit.train.finetune import prepare_model

@@ -5,12 +5,13 @@ import torch
 import xarray as xr
 
 from orbit.config import FinetuneConfig
-from orbit.data import land_model as lm
+from orbit.synthetic import land_model as lm
 from orbit.data.elm_dataset import (FEATURE_NAMES, MAP_VARS, ElmArrays, OutputTransform, forcing_features,
                                     perturbed_sites)
-from orbit.models.heads.elm_spinup import ElmEmulatorConfig, ElmSpinupEmulator
+from orbit.models.elm_emulator import ElmEmulatorConfig, ElmSpinupEmulator
 from orbit.models.registry import create_model
-from orbit.tasks.elm_spinup import CellSampler, r2_score, ridge_fit_predict
+from orbit.metrics.emulator import r2_score
+from orbit.tasks.elm_spinup import CellSampler, ridge_fit_predict
 from orbit.train.finetune import prepare_model
 
 D, DEPTH, HEADS = 32, 2, 2

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from orbit.data import land_model as lm
+from orbit.synthetic import land_model as lm
 from orbit.data.elm_dataset import extract_patches, holdout_blocks, insolation
 
 MONTH = np.arange(12)

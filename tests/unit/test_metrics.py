@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from orbit.metrics import (SkillAccumulator, acc, acc_per_sample, lat_weighted_mse_loss, latitude_weights, rmse,
+from orbit.metrics.weather import (SkillAccumulator, acc, acc_per_sample, lat_weighted_mse_loss, latitude_weights, rmse,
                            weighted_mse)
 
 H, W = 8, 16

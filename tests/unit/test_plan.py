@@ -8,8 +8,8 @@ import pytest
 from orbit.cli import main
 from orbit.config import load_config
 from orbit.models.registry import get_config
-from orbit.parallel.comm_model import expected_sent_bytes
-from orbit.parallel.plan import (GIB, Cluster, Layout, block_activation_bytes, format_plan, front_activation_bytes,
+from orbit.perf.comm_model import expected_sent_bytes
+from orbit.perf.plan import (GIB, Cluster, Layout, block_activation_bytes, format_plan, front_activation_bytes,
                                  head_activation_bytes, memory_per_rank, nodes_per_group, parse_memory, plan,
                                  traffic_per_axis, unit_elements)
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from orbit.data import store, synth
+from orbit.data import store
+from orbit.synthetic import toy_earth as synth
 
 GRID = (16, 32)
 

@@ -3,7 +3,7 @@ r"""Toy-Earth pairs for downscaling: high-resolution fields and the coarse field
 A downscaling model must add the detail a coarse grid cannot hold. On the real Earth most of that
 detail is tied to the surface: mountains are colder and wetter on their windward side and deflect
 the wind, coasts separate land that heats and cools fast from a sea that barely moves. This module
-makes fields with exactly that kind of detail, cheaply: the toy Earth (`orbit.data.synth`) runs on
+makes fields with exactly that kind of detail, cheaply: the toy Earth (`orbit.synthetic.toy_earth`) runs on
 the coarse grid, its free-atmosphere state is interpolated to a grid ``s`` times finer, and the
 surface fields are diagnosed there from the high-resolution orography ``h`` and land-sea mask
 ``l``. The coarse fields the model sees are then the conservative (block) averages of the fine
@@ -52,7 +52,8 @@ import numpy as np
 import xarray as xr
 
 from orbit.atomic import write_atomically
-from orbit.data import store, synth
+from orbit.data import store
+from orbit.synthetic import toy_earth as synth
 
 CHANNELS = ("t2m", "u10", "v10", "tp", "z500")
 STATICS = ("orography", "land_sea_mask")
@@ -193,7 +194,7 @@ def generate(source: str = "reanalysis", years: tuple[int, int] = (1990, 1991),
     attrs = {"source": source, "scale": int(scale), "grid": f"{grid[0]}x{grid[1]}",
              "coarse_grid": f"{grid[0] // scale}x{grid[1] // scale}", "step_hours": int(step_hours),
              "title": f"Toy-Earth downscaling pairs ({source}, x{scale})", "institution": spec.institution,
-             "history": f"orbit.data.downscale.generate(source={source!r}, years={tuple(years)}, "
+             "history": f"orbit.synthetic.fine_scale.generate(source={source!r}, years={tuple(years)}, "
                         f"coarse_grid={tuple(coarse_grid)}, scale={scale}, seed={seed}, step_hours={step_hours})",
              "orbit_downscale_version": STORE_VERSION}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)

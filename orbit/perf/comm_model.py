@@ -39,7 +39,7 @@ import torch
 from orbit.models.config import OrbitConfig
 from orbit.models.orbit_vit import OrbitViT
 
-from .mesh import ParallelDims
+from orbit.parallel.mesh import ParallelDims
 
 FP32 = 4
 # (base axes) of each flattened mesh, and the order labels are preferred in (as comm_stats.AXIS_LABELS)

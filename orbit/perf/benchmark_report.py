@@ -161,12 +161,12 @@ def render_markdown(sweeps: dict[str, list[Result]], *, command: str, peak_note:
         "",
         "## Bytes sent per step on each mesh axis",
         "",
-        "Counted: a pre-hook on every process group of the mesh (`orbit.parallel.comm_stats`) sees each "
+        "Counted: a pre-hook on every process group of the mesh (`orbit.perf.comm_stats`) sees each "
         "collective and point-to-point call (FSDP2's all-gathers and reduce-scatters, DTensor's and "
         "Ulysses' functional collectives, pipeline send/recv, scalar all-reduces) and adds the bytes this "
         "rank sends under a bandwidth-optimal algorithm (all-reduce 2(n-1)/n S, all-gather / "
         "reduce-scatter / all-to-all (n-1)/n S, send S). Mean over ranks, one step. Analytic: "
-        "`orbit.parallel.comm_model` (formulas in its docstring: FSDP all-gather in forward and backward "
+        "`orbit.perf.comm_model` (formulas in its docstring: FSDP all-gather in forward and backward "
         "+ reduce-scatter of the parameters; TP 2 all-reduces of activations per block forward and 4 "
         "backward (q, k, v, fc1 input gradients); Ulysses 2 all-to-alls per block each way + the band "
         "all-gather; PP one activation per microbatch per stage boundary each way). Axes that share "

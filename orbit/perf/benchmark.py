@@ -27,9 +27,9 @@ from orbit.models.flops import model_info
 
 from .comm_model import expected_sent_bytes
 from .comm_stats import CommCounter, mesh_axis_groups
-from .mesh import ParallelDims, parallel_dims_from
-from .parallelize import build_engine
-from .spawn import spawn
+from orbit.parallel.mesh import ParallelDims, parallel_dims_from
+from orbit.parallel.parallelize import build_engine
+from orbit.parallel.spawn import spawn
 
 # Dense bf16 peak per device (FLOP/s) for MFU on known accelerators; matched in the device name.
 GPU_PEAK_FLOPS = {"MI250X": 191.5e12, "H100": 989e12, "A100": 312e12}

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from orbit.metrics import latitude_weights
+from orbit.metrics.weather import latitude_weights
 
 PERCENTILES = (68.0, 95.0, 99.7, 99.99)
 

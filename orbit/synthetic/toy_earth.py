@@ -632,7 +632,7 @@ def synthesize(root: str | Path, sources: list[str] | None = None, years: tuple[
         spec = SOURCES[source]
         fields, statics = generate(source, years, grid, seed)
         attrs = {"title": spec.title, "institution": spec.institution,
-                 "history": f"orbit.data.synth.generate(source={source!r}, years={years}, grid={grid}, seed={seed})"}
+                 "history": f"orbit.synthetic.toy_earth.generate(source={source!r}, years={years}, grid={grid}, seed={seed})"}
         store.write_store(fields, path, source=source, kind=spec.kind, train_years=train_years,
                           statics=statics, attrs=attrs, overwrite=overwrite)
     return paths

@@ -72,10 +72,10 @@ from orbit.models.orbit_vit import OrbitViT
 from orbit.models.registry import get_config
 
 from .comm_model import FLATTENED, TP_SHARDED_AGGREGATION, TP_SHARDED_BLOCK, axis_label, expected_sent_bytes
-from .mesh import AXES, ParallelDims, parallel_dims_from
-from .parallelize import layout_problems
-from .pipeline import stage_block_ranges
-from .sharding import check_deepspeed_layout
+from orbit.parallel.mesh import AXES, ParallelDims, parallel_dims_from
+from orbit.parallel.parallelize import layout_problems
+from orbit.parallel.pipeline import stage_block_ranges
+from orbit.parallel.sharding import check_deepspeed_layout
 
 GIB = 1024**3
 FP32 = 4
