@@ -16,48 +16,25 @@ from typing import Any
 
 import yaml
 
-ALL_CHANNELS = (
-    "t2m", "u10", "v10", "tp",
-    "z500", "z850", "t500", "t850", "u500", "u850", "v500", "v850", "q500", "q850",
-)
-
+from orbit.registry import get_task
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message says which and what is valid."""
 
 
 @dataclass
-class ModelConfig:
-    """Which preset to build and which of its hyper-parameters to override (None = preset value)."""
+class DataConfig:
+    """What every task's `data:` section has; a task's own data schema subclasses it."""
 
-    preset: str = "tiny"
-    patch_size: int | None = None
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
-    qk_norm: bool | None = None
-    fused_frontend: bool | None = None
-    drop_path: float | None = None
-
-    def overrides(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "preset" and getattr(self, f.name) is not None}
+    batch_size: int = 8  # per data-parallel rank
+    num_workers: int = 0
 
 
 @dataclass
-class DataConfig:
-    """Where the stores are, which channels and leads to train on, and how years are split."""
+class EvalConfig:
+    """What every task's `eval:` section has; a task's own eval schema subclasses it."""
 
-    root: str = "data/toy"
-    sources: list[str] = field(default_factory=lambda: ["cmip_a", "cmip_b", "cmip_c"])
-    channels: list[str] = field(default_factory=lambda: list(ALL_CHANNELS))
-    leads_hours: list[int] = field(default_factory=lambda: [6, 12, 24, 48, 72])
-    train_years: list[int] = field(default_factory=lambda: [1990, 1994])
-    batch_size: int = 8
-    num_workers: int = 0
-    in_memory: bool = True
-    solar_forcing: bool = True
+    batch_size: int = 16
 
 
 @dataclass
@@ -74,7 +51,6 @@ class TrainConfig:
     grad_accum_steps: int = 1
     precision: str = "fp32"
     activation_checkpointing: bool = False
-    residual: bool = True
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0
@@ -83,17 +59,7 @@ class TrainConfig:
     async_checkpoint: bool = False
     nonfinite: str = "stop"
     max_skipped_steps: int = 10
-
-
-@dataclass
-class EvalConfig:
-    """Held-out evaluation: years, leads and how many initial times to score."""
-
-    years: list[int] = field(default_factory=lambda: [1996, 1996])
-    leads_hours: list[int] = field(default_factory=lambda: [6, 24, 72])
-    stride: int = 4
-    max_samples: int = 256
-    batch_size: int = 16
+    peak_tflops: float = 0.0  # the device's stated peak for MFU (e.g. 191.5 for an MI250X GCD in bf16); 0: none
 
 
 @dataclass
@@ -127,20 +93,25 @@ class FinetuneConfig:
 
 @dataclass
 class RunConfig:
-    """Everything a run needs; written resolved to `<run_dir>/config.yaml`."""
+    """Everything a run needs; written resolved to `<run_dir>/config.yaml`.
+
+    `train`, `parallel` and `finetune` are the same for every task; `model`, `data`, `eval` and
+    `options` are typed by the dataclasses the task registered (orbit/registry.py)."""
 
     name: str = "orbit"
     task: str = "pretrain"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = None
+    data: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: Any = None
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     options: Any = None
 
     def __post_init__(self) -> None:
-        self.options = _task_options(self.task, self.options)
+        entry = _task_entry(self.task)
+        for section in TASK_SECTIONS:
+            setattr(self, section, _task_section(entry, section, getattr(self, section)))
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,29 +123,40 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-TASK_OPTIONS: dict[str, type] = {}
+TASK_SECTIONS = ("model", "data", "eval", "options")
+# Sections every run has, typed by these base classes when the task registers no schema of its own.
+SECTION_DEFAULTS = {"data": DataConfig, "eval": EvalConfig}
 
 
-def register_task_options(task: str):
-    """Class decorator: the dataclass of the `options:` section of runs of `task`."""
-    def decorator(cls: type) -> type:
-        TASK_OPTIONS[task] = cls
-        return cls
-    return decorator
+def _task_entry(task: str):
+    try:
+        return get_task(task)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
-def _task_options(task: str, values: Any) -> Any:
-    """The `options:` section typed by the dataclass its task registered (None if it has none)."""
-    from orbit.tasks import import_task_modules
-
-    import_task_modules()
-    schema = TASK_OPTIONS.get(task)
-    if dataclasses.is_dataclass(values) or (schema is None and not values):
+def _task_section(entry, section: str, values: Any) -> Any:
+    """A `model:` / `data:` / `eval:` / `options:` section typed by the dataclass its task registered;
+    a section the task does not have must be absent."""
+    schema = entry.schema(section) or SECTION_DEFAULTS.get(section)
+    if dataclasses.is_dataclass(values) and not isinstance(values, type):
         return values
     if schema is None:
-        raise ConfigError(f"task {task!r} takes no options section, got {values!r}; tasks with options: "
-                          f"{sorted(TASK_OPTIONS)}")
-    return _coerce(values or {}, schema, "options")
+        if values:
+            raise ConfigError(f"task {entry.name!r} takes no {section} section, got {values!r}")
+        return None
+    for base in (SECTION_DEFAULTS.get(section),):
+        if base is not None and not issubclass(schema, base):
+            raise TypeError(f"task {entry.name!r}: its {section} schema {schema.__name__} must subclass "
+                            f"orbit.config.{base.__name__}")
+    section_cfg = _coerce(values or {}, schema, section)
+    check = getattr(section_cfg, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ValueError as error:
+            raise ConfigError(f"{section}: {error}") from None
+    return section_cfg
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -185,22 +167,19 @@ ENGINES = ("fsdp", "deepspeed")
 
 
 def validate(cfg: RunConfig) -> None:
-    """Value checks that a type check cannot express."""
+    """Value checks of the generic sections that a type check cannot express (a task's own sections
+    check themselves in their `validate()`)."""
     t, d, e = cfg.train, cfg.data, cfg.eval
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision={t.precision!r} is not valid; use one of {list(PRECISIONS)}")
-    unknown = sorted(set(d.channels) - set(ALL_CHANNELS))
-    if unknown:
-        raise ConfigError(f"data.channels has unknown channels {unknown}; valid: {list(ALL_CHANNELS)}")
-    for name, years in (("data.train_years", d.train_years), ("eval.years", e.years)):
-        if len(years) != 2 or years[0] > years[1]:
-            raise ConfigError(f"{name}={years} must be [first_year, last_year] with first <= last")
     positive = {"train.max_steps": t.max_steps, "data.batch_size": d.batch_size,
                 "train.grad_accum_steps": t.grad_accum_steps, "eval.batch_size": e.batch_size,
-                "eval.stride": e.stride, "train.log_every": t.log_every, "train.keep_last": t.keep_last}
+                "train.log_every": t.log_every, "train.keep_last": t.keep_last}
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be >= 1")
+    if t.peak_tflops < 0:
+        raise ConfigError(f"train.peak_tflops={t.peak_tflops} must be >= 0 (0: MFU not reported)")
     if t.nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(f"train.nonfinite={t.nonfinite!r} is not valid; use one of {list(NONFINITE_POLICIES)}")
     if t.max_skipped_steps < 0:
@@ -220,9 +199,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"parallel.engine={p.engine!r} is not valid; use one of {list(ENGINES)}")
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage={p.zero_stage} is not valid; use 0, 1, 2 or 3")
-    if not d.leads_hours or min(d.leads_hours) <= 0 or min(e.leads_hours, default=0) <= 0:
-        raise ConfigError(f"lead times must be positive hours; got data.leads_hours={d.leads_hours}, "
-                          f"eval.leads_hours={e.leads_hours}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -250,6 +226,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, key)
+    if tp is Any:
+        return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):

@@ -67,6 +67,15 @@ class Batch:
         """A copy with every tensor on `device`."""
         return self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
 
+    def select(self, rows: Tensor) -> "Batch":
+        """The samples `rows` (pipeline microbatches); lat and lon are shared by every sample."""
+        shared = {"lat", "lon"}
+        return dataclasses.replace(self, **{
+            f.name: getattr(self, f.name).index_select(0, rows.to(getattr(self, f.name).device))
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor) and f.name not in shared
+        })
+
     def pin_memory(self) -> "Batch":
         """A copy in page-locked memory (called by DataLoader(pin_memory=True))."""
         return self._map_tensors(lambda t: t.pin_memory())

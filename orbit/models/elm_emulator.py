@@ -47,10 +47,6 @@ class ElmEmulatorConfig:
             raise ValueError(f"ElmEmulatorConfig.patch must be odd (a cell and its neighbours), got {self.patch}")
 
     @property
-    def agg_heads(self) -> int:  # what the parallel layout checks read
-        return self.num_heads
-
-    @property
     def num_tokens(self) -> int:
         return 1 + self.n_months + self.static_tokens + self.patch**2
 

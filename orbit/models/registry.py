@@ -1,4 +1,11 @@
-"""Named model presets: `@register_model(name)` on a function returning `OrbitConfig` keyword arguments.
+"""Model families and the named presets of the ORBIT ViT.
+
+A model family (`register_family`) is a model class with what the rest of the framework needs to know
+about it: its parallel plan (`orbit.parallel.plans.ParallelPlan`: which of tp / sp / pp it supports
+and how; None = data parallelism only). Whoever builds an engine looks the plan up here
+(`family_of(model)`) and passes it in, so the engine imports no model.
+
+Presets: `@register_model(name)` on a function returning `OrbitConfig` keyword arguments.
 
 Presets are keyword dicts rather than finished configs so that overrides compose with defaults:
 overriding `variables` also moves the default `out_variables`, overriding `num_heads` moves
@@ -6,7 +13,10 @@ overriding `variables` also moves the default `out_variables`, overriding `num_h
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
+
+from torch import nn
 
 from .config import OrbitConfig
 from .orbit_vit import OrbitViT
@@ -44,3 +54,43 @@ def get_config(name: str, **overrides: Any) -> OrbitConfig:
 def create_model(name: str, **overrides: Any) -> OrbitViT:
     """Build the named preset, e.g. `create_model("tiny", embed_dim=64)`."""
     return OrbitViT(get_config(name, **overrides))
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    model_class: type[nn.Module]
+    plan: Any = None  # a ParallelPlan, or None: data parallelism only
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(name: str, model_class: type[nn.Module], plan: Any = None) -> ModelFamily:
+    """Register `model_class` (and its subclasses) as the family `name` with its parallel plan."""
+    if name in _FAMILIES:
+        raise ValueError(f"model family {name!r} is already registered (by {_FAMILIES[name].model_class.__name__})")
+    family = ModelFamily(name, model_class, plan)
+    _FAMILIES[name] = family
+    return family
+
+
+def list_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> ModelFamily:
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; registered families: {list_families()}")
+    return _FAMILIES[name]
+
+
+def family_of(model: nn.Module) -> ModelFamily:
+    """The family `model` belongs to (its class or the nearest registered base class)."""
+    by_class = {family.model_class: family for family in _FAMILIES.values()}
+    for cls in type(model).__mro__:
+        if cls in by_class:
+            return by_class[cls]
+    raise ValueError(f"{type(model).__name__} belongs to no registered model family; register it with "
+                     f"orbit.models.registry.register_family(name, {type(model).__name__}, plan) "
+                     f"(registered: {list_families()})")

@@ -8,66 +8,29 @@ on pure data-parallel layouts.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from orbit.models.config import OrbitConfig
-from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
 from orbit.parallel.env import launched_world_size
 from orbit.parallel.engine import LocalEngine, LossFn, OptimizerFactory, TorchOptimizerEngine, to_device
 from orbit.parallel.mesh import ParallelDims, parallel_dims_from
-from orbit.parallel.pipeline import build_schedule, pipeline_forward, pipeline_step, split_model
-from orbit.parallel.sequence import apply_sequence_parallel
+from orbit.parallel.pipeline import build_schedule, pipeline_forward, pipeline_step
+from orbit.parallel.plans import ParallelPlan
 from orbit.parallel.sharding import ZeroEngine, apply_fsdp, build_deepspeed_engine
-from orbit.parallel.tensor import apply_tensor_parallel
+from orbit.parallel.units import wrap_units
 
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else launched_world_size()
 
 
-def layout_problems(config: OrbitConfig, dims: ParallelDims, parallel_cfg, batch_size: int) -> list[str]:
-    """What makes this layout impossible for a model of `config`, one sentence each (empty: valid).
-
-    Needs only the architecture, so `orbit plan` checks layouts without building a model."""
-    problems = []
-    if config.num_heads % (dims.tp * dims.sp):
-        problems.append(f"num_heads={config.num_heads} is not divisible by tp*sp={dims.tp * dims.sp} "
-                        f"(tensor parallel splits whole heads, Ulysses splits the local heads across sp)")
-    if config.agg_heads % dims.tp:
-        problems.append(f"agg_heads={config.agg_heads} is not divisible by tp={dims.tp}")
-    if config.num_tokens % dims.sp:
-        problems.append(f"{config.num_tokens} spatial tokens are not divisible by sp={dims.sp}")
-    stages = dims.pp * parallel_cfg.pp_stages_per_rank
-    if dims.pp > 1:
-        if config.depth < stages:
-            problems.append(f"depth={config.depth} blocks are fewer than the {stages} pipeline stages")
-        microbatches = parallel_cfg.pp_microbatches or stages
-        if microbatches < stages:
-            problems.append(f"pp_microbatches={microbatches} is fewer than the {stages} pipeline stages")
-        if batch_size % microbatches:
-            problems.append(f"data.batch_size={batch_size} per data rank is not divisible by "
-                            f"pp_microbatches={microbatches}")
-    return problems
-
-
-def _check_model_splits(model: nn.Module, dims: ParallelDims) -> None:
-    """Pipeline stages and sequence bands cut at `embed` / `blocks` / `forward_head`: models without
-    that three-part structure (task models with their own encoders) take tp and data parallelism only."""
-    staged = all(callable(getattr(model, name, None)) for name in ("embed", "forward_head"))
-    if not staged and (dims.pp > 1 or dims.sp > 1):
-        raise ValueError(f"{type(model).__name__} has no embed/forward_head split, so parallel.pp={dims.pp} and "
-                         f"parallel.sp={dims.sp} cannot cut it; use parallel.pp=1 parallel.sp=1 with tp, "
-                         f"dp_shard and dp_replicate")
-
-
-def validate_layout(config: OrbitConfig, dims: ParallelDims, parallel_cfg, batch_size: int) -> None:
+def validate_layout(plan: ParallelPlan, model: nn.Module, dims: ParallelDims, parallel_cfg, batch_size: int) -> None:
     """Errors a user can fix in the config, raised before any collective is issued."""
-    problems = layout_problems(config, dims, parallel_cfg, batch_size)
+    problems = plan.problems(model, dims, parallel_cfg, batch_size)
     if problems:
         raise ValueError("invalid parallel layout " + str(dims.degrees) + ": " + "; ".join(problems))
 
@@ -81,7 +44,7 @@ class ParallelEngine(TorchOptimizerEngine):
 
     distributed = True
 
-    def __init__(self, model: nn.Module, dims: ParallelDims, parallel_cfg, *, loss_fn: LossFn,
+    def __init__(self, model: nn.Module, plan: ParallelPlan, dims: ParallelDims, parallel_cfg, *, loss_fn: LossFn,
                  precision: str, activation_checkpointing: bool, device: str | torch.device = "cpu",
                  make_optimizer: OptimizerFactory | None = None):
         self.dims = dims
@@ -90,26 +53,23 @@ class ParallelEngine(TorchOptimizerEngine):
         self.mesh = mesh = dims.build_mesh(self.device.type)
         self.dp_rank, self.dp_size = mesh["dp"].get_local_rank(), dims.dp
         self.is_main = dist.get_rank() == 0
-        parts = split_model(model, mesh["pp"], stages_per_rank=parallel_cfg.pp_stages_per_rank) \
+        parts = plan.pipeline_split(model, mesh["pp"], stages_per_rank=parallel_cfg.pp_stages_per_rank) \
             if dims.pp > 1 else [model]
         for part in parts:
             if dims.tp > 1:
-                apply_tensor_parallel(part, mesh["tp"])
+                plan.tensor_parallel(part, mesh["tp"])
             if dims.sp > 1:
-                apply_sequence_parallel(part, mesh["sp"])
-            if activation_checkpointing:
-                apply_activation_checkpointing(part)
-            if parallel_cfg.compile:
-                for block in (part.blocks.values() if isinstance(part.blocks, nn.ModuleDict) else part.blocks):
-                    block.compile()
+                plan.sequence_parallel(part, mesh["sp"])
+            wrap_units(part, plan, activation_checkpointing=activation_checkpointing, compile=parallel_cfg.compile)
         if mesh["dp_replicate", "dp_shard_sp"].size() > 1:
-            apply_fsdp(parts, mesh, dims, param_dtype=torch.bfloat16 if precision == "bf16" else None)
+            apply_fsdp(parts, mesh, dims, plan, param_dtype=torch.bfloat16 if precision == "bf16" else None)
         self.parts = parts
         self.pipeline = None
         if dims.pp > 1:
             microbatches = parallel_cfg.pp_microbatches or dims.pp * parallel_cfg.pp_stages_per_rank
             self.pipeline = build_schedule(parts, mesh["pp"], schedule=parallel_cfg.pp_schedule,
-                                           microbatches=microbatches, loss_fn=loss_fn)
+                                           microbatches=microbatches, loss_fn=loss_fn,
+                                           input_names=plan.pipeline_inputs)
         self.loss_fn = loss_fn
         self.optimizer = make_optimizer(parts) if make_optimizer is not None else None
 
@@ -121,22 +81,22 @@ class ParallelEngine(TorchOptimizerEngine):
         for part in self.parts:
             part.train(mode)
 
-    def forward_backward(self, inputs: tuple, target: torch.Tensor, loss_fn: LossFn, scale: float = 1.0) -> torch.Tensor:
-        inputs, target = to_device(inputs, self.device), to_device(target, self.device)
+    def forward_backward(self, inputs: tuple, batch: Any, scale: float = 1.0) -> torch.Tensor:
+        inputs, batch = to_device(inputs, self.device), to_device(batch, self.device)
         if self.pipeline is not None:
-            return pipeline_step(self.pipeline, self.mesh["pp"], inputs, target, scale=scale)
-        loss = loss_fn(self.parts[0](*inputs), target)
+            return pipeline_step(self.pipeline, self.mesh["pp"], inputs, batch, scale=scale)
+        loss = self.loss_fn(self.parts[0](*inputs), batch)
         (loss * scale).backward()
         return loss.detach()
 
-    def forward(self, inputs: tuple) -> torch.Tensor:
-        """Output on the host (tasks score it against their batches there)."""
+    def forward(self, inputs: tuple) -> Any:
+        """The model's output on this engine's device, on every rank."""
         inputs = to_device(inputs, self.device)
         if self.pipeline is not None:
-            return pipeline_forward(self.parts, self.mesh["pp"], inputs).cpu()
-        return self.parts[0](*inputs).cpu()
+            return pipeline_forward(self.pipeline, self.mesh["pp"], inputs)
+        return self.parts[0](*inputs)
 
-    def clip_grad_norm_(self, max_norm: float) -> float:
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Global gradient norm over every shard and stage, then clip (as torchtitan does)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
@@ -147,13 +107,13 @@ class ParallelEngine(TorchOptimizerEngine):
             dist.all_reduce(squared, group=self.mesh["pp"].get_group())
             norm = squared.sqrt()
         torch.nn.utils.clip_grads_with_norm_(list(self.parameters()), max_norm, norm)
-        return float(norm)
+        return norm.detach()
 
     def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
-        """On the host again afterwards; reduced on the engine's device (NCCL reduces GPU tensors only)."""
+        """Reduced on the engine's device (NCCL reduces GPU tensors only), and left there."""
         value = value.detach().to(self.device, copy=True)
         dist.all_reduce(value, op=dist.ReduceOp.AVG, group=self.mesh["dp"].get_group())
-        return value.cpu()
+        return value
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded parameters by the plain model's names, on every rank (tests, export)."""
@@ -168,33 +128,33 @@ class ParallelEngine(TorchOptimizerEngine):
         return {k: v for shard in gathered for k, v in shard.items()}
 
 
-def build_engine(model: nn.Module, parallel_cfg, *, loss_fn: LossFn, precision: str,
+def build_engine(model: nn.Module, parallel_cfg, *, plan: ParallelPlan, loss_fn: LossFn, precision: str,
                  activation_checkpointing: bool, batch_size: int, make_optimizer: OptimizerFactory | None = None,
                  grad_clip: float = 0.0, grad_accum_steps: int = 1, device: str | torch.device = "cpu"):
     """LocalEngine for one process; on several, ParallelEngine on a mesh, or ZeroEngine when
     `parallel_cfg.engine == "deepspeed"` (which needs `make_optimizer`, and takes `grad_clip`
     (0 = none) and `grad_accum_steps` into DeepSpeed's config because its engine steps itself).
-    `batch_size` is the per-data-rank micro-batch; `device` this rank's (`LaunchInfo.device`)."""
+    `plan` is the model family's (`orbit.models.registry.family_of(model).plan`); `loss_fn(output,
+    batch)` the task's loss; `batch_size` the per-data-rank micro-batch; `device` this rank's
+    (`LaunchInfo.device`). The layout is checked against the plan before any collective."""
     size = world_size()
     dims = parallel_dims_from(parallel_cfg, size)
+    validate_layout(plan, model, dims, parallel_cfg, batch_size)
     if size == 1:  # nothing to shard or replicate: every engine reduces to the plain model
-        if activation_checkpointing:
-            apply_activation_checkpointing(model)
-        return LocalEngine(model, make_optimizer, device=device)
-    _check_model_splits(model, dims)
-    validate_layout(model.config, dims, parallel_cfg, batch_size)
+        wrap_units(model, plan, activation_checkpointing=activation_checkpointing, compile=parallel_cfg.compile)
+        return LocalEngine(model, loss_fn, make_optimizer, device=device)
     if parallel_cfg.engine == "deepspeed":
-        return build_zero_engine(model.to(device), dims, parallel_cfg, make_optimizer=make_optimizer,
-                                 activation_checkpointing=activation_checkpointing, batch_size=batch_size,
-                                 grad_clip=grad_clip, grad_accum_steps=grad_accum_steps)
-    return ParallelEngine(model, dims, parallel_cfg, loss_fn=loss_fn, precision=precision,
+        return build_zero_engine(model.to(device), plan, dims, parallel_cfg, loss_fn=loss_fn,
+                                 make_optimizer=make_optimizer, activation_checkpointing=activation_checkpointing,
+                                 batch_size=batch_size, grad_clip=grad_clip, grad_accum_steps=grad_accum_steps)
+    return ParallelEngine(model, plan, dims, parallel_cfg, loss_fn=loss_fn, precision=precision,
                           activation_checkpointing=activation_checkpointing, device=device,
                           make_optimizer=make_optimizer)
 
 
-def build_zero_engine(model: nn.Module, dims: ParallelDims, parallel_cfg, *, make_optimizer: OptimizerFactory | None,
-                      activation_checkpointing: bool, batch_size: int, grad_clip: float,
-                      grad_accum_steps: int) -> ZeroEngine:
+def build_zero_engine(model: nn.Module, plan: ParallelPlan, dims: ParallelDims, parallel_cfg, *, loss_fn: LossFn,
+                      make_optimizer: OptimizerFactory | None, activation_checkpointing: bool, batch_size: int,
+                      grad_clip: float, grad_accum_steps: int) -> ZeroEngine:
     """DeepSpeed ZeRO over all ranks: the optimizer is built on the plain model first, as DeepSpeed
     wraps both together."""
     if make_optimizer is None:
@@ -204,11 +164,10 @@ def build_zero_engine(model: nn.Module, dims: ParallelDims, parallel_cfg, *, mak
         raise ValueError("parallel.compile=true is not supported with parallel.engine 'deepspeed' (ZeRO-3 "
                          "gathers parameters in module hooks that compiled blocks would trace); use "
                          "parallel.engine 'fsdp' to compile, or parallel.compile=false")
-    if activation_checkpointing:
-        apply_activation_checkpointing(model)
+    wrap_units(model, plan, activation_checkpointing=activation_checkpointing, compile=False)
     # precision "bf16" is the trainer's torch.autocast over fp32 weights, gradients and reductions.
     # DeepSpeed's own bf16 mode would store bf16 weights, which autocast's fp32 ops (layer norm on
     # CPU) refuse, and would need bf16 inputs from the task.
-    return build_deepspeed_engine(model, make_optimizer([model]), dims, zero_stage=parallel_cfg.zero_stage,
+    return build_deepspeed_engine(model, make_optimizer([model]), dims, loss_fn=loss_fn, zero_stage=parallel_cfg.zero_stage,
                                   grad_clip=grad_clip, bf16=False, micro_batch_size=batch_size,
                                   grad_accum_steps=grad_accum_steps)

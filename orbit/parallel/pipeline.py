@@ -1,5 +1,7 @@
-"""Pipeline parallelism: cut an `OrbitViT` into stages and drive them with `torch.distributed.pipelining`.
+"""Pipeline parallelism: drive a model family's stages with `torch.distributed.pipelining`.
 
+The family's plan cuts the model (`ParallelPlan.pipeline_split`, e.g. `orbit/models/orbit_vit_parallel.py`);
+this module wraps the stages in torch's schedules, runs a step and a forward pass, and knows no model.
 Stage placement is looped: with `pp` ranks and `stages_per_rank` stages each, stage `s` lives on
 pp rank `s % pp` (rank r holds r, r + pp, ...), which is what torch's single-stage schedules and
 `ScheduleInterleaved1F1B` expect.
@@ -7,29 +9,28 @@ pp rank `s % pp` (rank r holds r, r + pp, ...), which is what torch's single-sta
 Loss and gradient scaling. torch's schedules, by default, add up the gradients of the per-microbatch
 losses and then divide every `p.grad` by the microbatch count (`scale_grads=True`). That division also
 hits gradients accumulated before the step (gradient accumulation), so instead the schedule here runs
-with `scale_grads=False` and the loss of microbatch i is `loss_fn(out_i, target_i) * scale / M`. With
+with `scale_grads=False` and the loss of microbatch i is `loss_fn(out_i, batch_i) * scale / M`. With
 M equal microbatches and a `loss_fn` that is a mean over samples, the sum of these is `scale` times the
-full-batch loss, so the gradients equal those of `(scale * loss_fn(model(*inputs), target)).backward()`
+full-batch loss, so the gradients equal those of `(scale * loss_fn(model(*inputs), batch)).backward()`
 and the gradient-sync rule of the engine contract holds unchanged. (A mean over finite target values
 is matched exactly when every microbatch holds as many finite values; otherwise this is the mean of
 the microbatch means, the same approximation the data-parallel average makes across ranks.)
 
-Inputs are split into microbatches along dim 0, so they must be batch-first: `var_ids` must be None
-(x holds the whole vocabulary in order), and the first stage takes the model's inputs by keyword
-because torch's stages accept only tensors as positional inputs.
+The loss sees the task's batch: the schedule is given the row indices 0..B-1 as its "target", which
+it splits into microbatches, and the loss of microbatch i takes those rows of the batch
+(`select_rows`). Model inputs are split along dim 0, so they must be batch-first; the first stage
+takes them by keyword (torch's stages accept only tensors as positional inputs), named by the plan.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
-
-from orbit.models.orbit_vit import OrbitViT
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,64 +40,6 @@ SCHEDULES = {
     "1f1b": (Schedule1F1B, False),
     "interleaved_1f1b": (ScheduleInterleaved1F1B, True),
 }
-
-MODEL_INPUTS = ("x", "var_ids", "lead_hours", "var_mask")  # `OrbitViT.forward`'s positional inputs, in order
-_EMBED_MODULES = ("patch_embed", "var_embed", "aggregation", "lead_embed")
-_HEAD_MODULES = ("norm", "head")
-
-
-class OrbitStage(nn.Module):
-    """One contiguous piece of an `OrbitViT`: [embedding front end] + a run of blocks + [final norm and head].
-
-    It holds the model's own submodules under their original names, with `blocks` an `nn.ModuleDict`
-    keyed by each block's index in the full model, so parameter names (FQNs) are the full model's
-    (`blocks.3.attn.q_proj.weight`): distributed checkpoints load across any pipeline layout.
-    The front end and head run the model's own code (`OrbitViT.embed` / `forward_head`, which only
-    use attributes this module also has), so a stage computes exactly what that part of the model does.
-    """
-
-    embed = OrbitViT.embed
-    _check_inputs = OrbitViT._check_inputs
-    forward_head = OrbitViT.forward_head
-
-    def __init__(self, model: OrbitViT, index: int, num_stages: int, block_ids: range):
-        super().__init__()
-        self.config = model.config
-        self.index = index
-        self.num_stages = num_stages
-        if self.is_first:
-            for name in _EMBED_MODULES:
-                setattr(self, name, getattr(model, name))
-            self.register_buffer("pos_embed", model.pos_embed, persistent=False)
-        self.blocks = nn.ModuleDict({str(i): model.blocks[i] for i in block_ids})
-        if self.is_last:
-            for name in _HEAD_MODULES:
-                setattr(self, name, getattr(model, name))
-
-    @property
-    def is_first(self) -> bool:
-        return self.index == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.index == self.num_stages - 1
-
-    def forward(self, tokens: torch.Tensor | None = None, *, x: torch.Tensor | None = None,
-                var_ids: torch.Tensor | None = None, lead_hours: torch.Tensor | None = None,
-                var_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """First stage: `OrbitViT.forward`'s inputs by keyword (`var_ids`, `var_mask` may be None);
-        the others: tokens (B, L, D). Returns tokens (B, L, D), or fields (B, V_out, H, W) from the
-        last stage, contiguous because gloo refuses to send strided views.
-        """
-        if self.is_first:  # var_ids None: x holds the whole vocabulary in order
-            tokens = self.embed(x, var_ids, lead_hours, var_mask)
-        for block in self.blocks.values():
-            tokens = block(tokens)
-        return (self.forward_head(tokens) if self.is_last else tokens).contiguous()
-
-    def extra_repr(self) -> str:
-        return f"stage {self.index} of {self.num_stages}"
-
 
 def stage_block_ranges(depth: int, num_stages: int) -> list[range]:
     """Contiguous block index ranges, one per stage, sizes differing by at most one.
@@ -110,35 +53,32 @@ def stage_block_ranges(depth: int, num_stages: int) -> list[range]:
     return [range(start, start + size) for start, size in zip(starts, sizes)]
 
 
-def split_model(model: OrbitViT, pp_mesh: DeviceMesh, *, stages_per_rank: int = 1) -> list[OrbitStage]:
-    """This rank's stages of `model` cut into `pp_mesh.size() * stages_per_rank` stages, lowest index first."""
-    if not isinstance(model, OrbitViT):
-        raise TypeError(f"split_model cuts an OrbitViT, got {type(model).__name__}")
-    if stages_per_rank < 1:
-        raise ValueError(f"stages_per_rank must be >= 1, got {stages_per_rank}")
-    pp = pp_mesh.size()
-    num_stages = pp * stages_per_rank
-    depth = len(model.blocks)
-    if depth < num_stages:
-        raise ValueError(
-            f"the model has {depth} blocks, fewer than the {num_stages} pipeline stages "
-            f"(pp={pp} x stages_per_rank={stages_per_rank}); every stage needs at least one block, "
-            f"so use at most {depth} stages"
-        )
-    ranges = stage_block_ranges(depth, num_stages)
-    return [OrbitStage(model, s, num_stages, ranges[s])
-            for s in range(pp_mesh.get_local_rank(), num_stages, pp)]
-
-
 class _MicrobatchLoss:
-    """loss_fn(output_i, target_i) * scale / M: summed over the M microbatches, `scale` x the batch mean."""
+    """loss_fn(output_i, rows_i of the batch) * scale / M: summed over the M microbatches, `scale` x the
+    batch mean. `batch` is set before each step."""
 
     def __init__(self, loss_fn: LossFn, microbatches: int):
         self.loss_fn = loss_fn
         self.microbatches = microbatches
+        self.batch = None
 
-    def __call__(self, output: torch.Tensor, target: torch.Tensor, *, scale: float) -> torch.Tensor:
-        return self.loss_fn(output, target) * (scale / self.microbatches)
+    def __call__(self, output: torch.Tensor, rows: torch.Tensor, *, scale: float) -> torch.Tensor:
+        return self.loss_fn(output, select_rows(self.batch, rows)) * (scale / self.microbatches)
+
+
+def select_rows(batch: Any, rows: torch.Tensor) -> Any:
+    """The rows `rows` of a batch: a tensor (dim 0), a tuple or list of them, an object with
+    `select(rows)` (a batch dataclass knows which of its fields are batch-first), or None."""
+    if batch is None:
+        return None
+    if isinstance(batch, torch.Tensor):
+        return batch.index_select(0, rows.to(batch.device))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(select_rows(item, rows) for item in batch)
+    if callable(getattr(batch, "select", None)):
+        return batch.select(rows)
+    raise TypeError(f"pipeline layouts split the loss's batch into microbatches, so it must be a batch-first "
+                    f"tensor, a tuple or list of them, or an object with select(rows); got {type(batch).__name__}")
 
 
 @dataclass
@@ -146,9 +86,11 @@ class Pipeline:
     """A torch schedule with the stage modules it runs on this rank and its microbatch count."""
 
     schedule: ScheduleGPipe | Schedule1F1B | ScheduleInterleaved1F1B
-    stages: list[OrbitStage]
+    stages: list[nn.Module]
+    input_names: tuple[str, ...]
     microbatches: int
     device: torch.device
+    loss: "_MicrobatchLoss"
 
     @property
     def has_first(self) -> bool:
@@ -165,9 +107,10 @@ def _mesh_device(mesh: DeviceMesh) -> torch.device:
     return torch.device(mesh.device_type, torch.get_device_module(mesh.device_type).current_device())
 
 
-def build_schedule(stages: list[OrbitStage], pp_mesh: DeviceMesh, *, schedule: str, microbatches: int,
-                   loss_fn: LossFn) -> Pipeline:
-    """Wrap this rank's `stages` (from `split_model`, after TP/SP/FSDP) in `PipelineStage`s and a schedule."""
+def build_schedule(stages: list[nn.Module], pp_mesh: DeviceMesh, *, schedule: str, microbatches: int,
+                   loss_fn: LossFn, input_names: tuple[str, ...]) -> Pipeline:
+    """Wrap this rank's `stages` (from the plan's `pipeline_split`, after TP/SP/FSDP) in `PipelineStage`s and a
+    schedule; `input_names` name the model's positional inputs, which the first stage takes by keyword."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown pipeline schedule {schedule!r}; valid names: {sorted(SCHEDULES)}")
     schedule_cls, multi_stage = SCHEDULES[schedule]
@@ -187,47 +130,49 @@ def build_schedule(stages: list[OrbitStage], pp_mesh: DeviceMesh, *, schedule: s
     loss = _MicrobatchLoss(loss_fn, microbatches)
     torch_schedule = (schedule_cls(pipeline_stages, microbatches, loss_fn=loss, scale_grads=False) if multi_stage
                       else schedule_cls(pipeline_stages[0], microbatches, loss_fn=loss, scale_grads=False))
-    return Pipeline(torch_schedule, list(stages), microbatches, device)
+    return Pipeline(torch_schedule, list(stages), input_names, microbatches, device, loss)
 
 
-def _model_kwargs(inputs: tuple) -> dict:
-    """`OrbitViT.forward`'s positional inputs by name; refuses the one input that is not batch-first."""
-    if len(inputs) > len(MODEL_INPUTS):
-        raise ValueError(f"inputs must be up to {len(MODEL_INPUTS)} values {MODEL_INPUTS}, got {len(inputs)}")
-    kwargs = dict(zip(MODEL_INPUTS, inputs))
-    if kwargs.get("var_ids") is not None:
-        raise ValueError(f"pipeline inputs must be batch-first so microbatches can split them, but var_ids is a "
-                         f"tensor of shape {tuple(kwargs['var_ids'].shape)}; pass var_ids=None with x holding "
-                         "the whole variable vocabulary in order")
-    return kwargs
+def _model_kwargs(inputs: tuple, names: tuple[str, ...]) -> dict:
+    """The model's positional inputs by name (the first stage takes them by keyword)."""
+    if len(inputs) > len(names):
+        raise ValueError(f"inputs must be up to {len(names)} values {names}, got {len(inputs)}")
+    return dict(zip(names, inputs))
 
 
-def _check_batch(inputs: tuple, target: torch.Tensor, microbatches: int) -> None:
-    sizes = {t.shape[0] for t in (*inputs, target) if isinstance(t, torch.Tensor)}
+def _local_batch_size(inputs: tuple, microbatches: int) -> int:
+    sizes = {t.shape[0] for t in inputs if isinstance(t, torch.Tensor)}
     if len(sizes) != 1:
-        raise ValueError(f"inputs and target must share the batch size (dim 0), got sizes {sorted(sizes)}")
+        raise ValueError(f"pipeline inputs must be batch-first tensors (or None) of one batch size so microbatches "
+                         f"can split them, got dim-0 sizes {sorted(sizes)} (e.g. an input that is not batch-first)")
     batch = sizes.pop()
     if batch % microbatches:
         raise ValueError(f"the local batch of {batch} samples does not split into microbatches={microbatches}; "
                          f"use a batch that is a multiple of {microbatches}")
+    return batch
 
 
-def pipeline_step(pipeline: Pipeline, pp_mesh: DeviceMesh, inputs: tuple, target: torch.Tensor, *,
+def pipeline_step(pipeline: Pipeline, pp_mesh: DeviceMesh, inputs: tuple, batch: Any, *,
                   scale: float = 1.0) -> torch.Tensor:
     """Forward and backward of the local batch through the pipeline; returns the loss on every pp rank.
 
-    inputs: batch-first tensors (or None, replicated to every microbatch) for `OrbitViT.forward`;
-    target: (B, ...). The returned scalar (detached, fp32) is the mean of `loss_fn` over the
-    microbatches; gradients of `scale * loss` are added to `.grad` of this rank's stage parameters.
+    inputs: batch-first tensors (or None, replicated to every microbatch) for the model's `forward`;
+    batch: what the loss takes besides the output (see `select_rows`). The returned scalar (detached,
+    fp32) is the mean of `loss_fn` over the microbatches; gradients of `scale * loss` are added to
+    `.grad` of this rank's stage parameters.
     """
-    model_kwargs = _model_kwargs(inputs)  # every rank validates, so none is left waiting on a failed peer
-    _check_batch(inputs, target, pipeline.microbatches)
+    model_kwargs = _model_kwargs(inputs, pipeline.input_names)  # every rank validates, so none waits on a failed peer
+    rows = torch.arange(_local_batch_size(inputs, pipeline.microbatches), device=pipeline.device)
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     losses: list[torch.Tensor] = []
-    pipeline.schedule.step(**(model_kwargs if pipeline.has_first else {}),
-                           target=target if pipeline.has_last else None,
-                           losses=losses, return_outputs=False, loss_kwargs={"scale": scale})
+    pipeline.loss.batch = batch
+    try:
+        pipeline.schedule.step(**(model_kwargs if pipeline.has_first else {}),
+                               target=rows if pipeline.has_last else None,
+                               losses=losses, return_outputs=False, loss_kwargs={"scale": scale})
+    finally:
+        pipeline.loss.batch = None
     if pipeline.has_last:
         loss = (torch.stack(losses).sum() / scale).detach().float()
     else:
@@ -237,14 +182,15 @@ def pipeline_step(pipeline: Pipeline, pp_mesh: DeviceMesh, inputs: tuple, target
 
 
 @torch.no_grad()
-def pipeline_forward(stages: list[OrbitStage], pp_mesh: DeviceMesh, inputs: tuple) -> torch.Tensor:
-    """Prediction (B, V_out, H, W) for the whole local batch, present on every pp rank (for evaluation).
+def pipeline_forward(pipeline: Pipeline, pp_mesh: DeviceMesh, inputs: tuple) -> torch.Tensor:
+    """The model's output for the whole local batch, present on every pp rank (for evaluation).
 
     Runs the stages in order with plain send/recv and no microbatching: it keeps no activations,
     accepts any batch size (the schedules fix their shapes at their first step) and never touches
     the training schedule's state.
     """
-    model_kwargs = _model_kwargs(inputs)
+    stages = pipeline.stages
+    model_kwargs = _model_kwargs(inputs, pipeline.input_names)
     group, pp, rank = pp_mesh.get_group(), pp_mesh.size(), pp_mesh.get_local_rank()
     device = _mesh_device(pp_mesh)
     num_stages = stages[0].num_stages

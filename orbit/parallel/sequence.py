@@ -1,4 +1,4 @@
-"""Ulysses sequence parallelism over ORBIT's spatial tokens.
+"""Ulysses sequence parallelism over a transformer's tokens (ORBIT: its spatial tokens).
 
 Each sp rank holds one band of L/sp consecutive tokens (B, L/sp, D) between `embed` and the head:
 norms, MLPs and residuals are token-local, and each attention swaps sequence for heads with one
@@ -11,10 +11,10 @@ hands each rank only its own band's gradient, scaled by sp. The sum of the sp ra
 gradients is then sp times the single-process gradient, and averaging over sp (what FSDP does over
 its "dp_shard_sp" mesh) gives it exactly.
 
-Hook points, so that the same call works on a whole `OrbitViT` and on pipeline-stage modules:
+Hook points, so that the same call works on a whole model and on pipeline-stage modules:
 - a (sub)module whose class defines `embed` gets its `embed` output sliced to the band (first stage);
 - a (sub)module whose class defines `forward_head` gets its input gathered first (last stage);
-- every `Attention` routes its `F.scaled_dot_product_attention` call through Ulysses;
+- every attention module the plan names routes its `F.scaled_dot_product_attention` call through Ulysses;
 a stage with neither `embed` nor `forward_head` (a middle stage) takes and returns bands.
 """
 from __future__ import annotations
@@ -29,22 +29,18 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.overrides import TorchFunctionMode
 
-from ..models.layers.attention import Attention
 from .compat import all_gather, all_to_all_single
 
 
-def apply_sequence_parallel(module: nn.Module, sp_mesh: DeviceMesh) -> nn.Module:
-    """Make `module` (an `OrbitViT` or a pipeline stage of one) sequence parallel over `sp_mesh` (1-D), in place.
+def apply_sequence_parallel(module: nn.Module, sp_mesh: DeviceMesh, attentions: list[nn.Module]) -> nn.Module:
+    """Make `module` (a whole model or a pipeline stage of one) sequence parallel over `sp_mesh` (1-D), in place.
 
+    `attentions` are the modules inside `module` whose `forward` calls `F.scaled_dot_product_attention`
+    on (B, h, L, d) and that have `q_proj` and `head_dim` (the model family's plan names them).
     Apply after tensor parallelism (Ulysses then splits each tp rank's heads over sp) and before
     activation checkpointing, compile and FSDP.
     """
-    attentions = [m for m in module.modules() if isinstance(m, Attention)]
-    sp = sp_mesh.size()
-    _check_heads_divisible(attentions, sp)
-    config = getattr(module, "config", None)
-    if config is not None:
-        _check_tokens_divisible(config.num_tokens, sp)
+    _check_heads_divisible(attentions, sp_mesh.size())
     for sub in module.modules():
         if callable(getattr(type(sub), "embed", None)):
             sub.embed = MethodType(_then_keep_band(type(sub).embed, sp_mesh), sub)
@@ -55,14 +51,14 @@ def apply_sequence_parallel(module: nn.Module, sp_mesh: DeviceMesh) -> nn.Module
     return module
 
 
-def _local_heads(attention: Attention) -> int:
+def _local_heads(attention: nn.Module) -> int:
     """Heads this rank computes: all of them, or num_heads / tp once tensor parallel sharded q_proj."""
     weight = attention.q_proj.weight
     rows = weight.to_local().shape[0] if isinstance(weight, DTensor) else weight.shape[0]
     return rows // attention.head_dim
 
 
-def _check_heads_divisible(attentions: list[Attention], sp: int) -> None:
+def _check_heads_divisible(attentions: list[nn.Module], sp: int) -> None:
     heads = sorted({_local_heads(a) for a in attentions})
     bad = [h for h in heads if h % sp]
     if bad:

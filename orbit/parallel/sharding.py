@@ -27,51 +27,22 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from orbit.models.layers import Block
-
-from .checkpoint import EXTRA_FILE, publish_checkpoint, shared_tmp_path
-from .engine import DEEPSPEED_STATE_DIR, LossFn, to_device
-from .mesh import ParallelDims
-
-
-# Attributes under which torch's wrappers keep the module they wrap (activation checkpointing,
-# torch.compile). A wrapper around a `Block` is sharded as the unit, so its forward is the one hooked.
-_WRAPPED_ATTRS = ("_checkpoint_wrapped_module", "_orig_mod")
+from orbit.parallel.checkpoint import EXTRA_FILE, publish_checkpoint, shared_tmp_path
+from orbit.parallel.engine import DEEPSPEED_STATE_DIR, LossFn, to_device
+from orbit.parallel.mesh import ParallelDims
+from orbit.parallel.plans import ParallelPlan
 
 
-def data_parallel_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:
-    """The mesh FSDP shards over: 1-D "dp_shard_sp", or 2-D ("dp_replicate", "dp_shard_sp") for HSDP."""
-    if dims.dp_replicate > 1:
-        return mesh["dp_replicate", "dp_shard_sp"]
-    return mesh["dp_shard_sp"]
-
-
-def _is_block(module: nn.Module) -> bool:
-    """A `Block`, or a chain of wrappers around one."""
-    while not isinstance(module, Block):
-        inner = [getattr(module, a) for a in _WRAPPED_ATTRS if isinstance(getattr(module, a, None), nn.Module)]
-        if not inner:
-            return False
-        module = inner[0]
-    return True
-
-
-def transformer_blocks(module: nn.Module) -> list[nn.Module]:
-    """The outermost module of every `Block` in `module` (a wrapper counts as the block), in order."""
-    found = []
-    for child in module.children():
-        found.extend([child] if _is_block(child) else transformer_blocks(child))
-    return found
-
-
-def apply_fsdp(modules: list[nn.Module], mesh: DeviceMesh, dims: ParallelDims, *,
+def apply_fsdp(modules: list[nn.Module], mesh: DeviceMesh, dims: ParallelDims, plan: ParallelPlan, *,
                param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = torch.float32,
                reshard_after_forward: bool = True) -> bool:
-    """Shard each transformer block, then each module root, over the data-parallel mesh (in place).
+    """Shard each of the plan's units (e.g. transformer blocks), then each module root, over the
+    data-parallel mesh (in place).
 
     `modules` are this rank's model parts (the whole model, or its pipeline stages), possibly with
-    DTensor TP parameters on the "tp" axis already. Blocks are separate units so only one block's
+    DTensor TP parameters on the "tp" axis already. Units are sharded separately so only one unit's
     full parameters exist at a time; the root unit holds the rest (embeddings, aggregation, head).
+    A unit wrapped for activation checkpointing or compile is sharded as the wrapper.
     `param_dtype=torch.bfloat16` computes in bf16 from fp32 master shards; gradients are reduced
     in `reduce_dtype`. `reshard_after_forward=False` keeps blocks gathered between forward and
     backward (fewer all-gathers, e.g. across pipeline microbatches, at the cost of memory).
@@ -82,8 +53,9 @@ def apply_fsdp(modules: list[nn.Module], mesh: DeviceMesh, dims: ParallelDims, *
         return False
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for module in modules:
-        for block in transformer_blocks(module):
-            fully_shard(block, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        units = plan.unit_container(module)
+        for unit in (units.children() if units is not None else ()):
+            fully_shard(unit, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
         fully_shard(module, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     return True
 
@@ -141,8 +113,9 @@ class ZeroEngine:
     grad_norm_before_step = False
     supports_async_checkpoint = False  # DeepSpeed writes its own state synchronously
 
-    def __init__(self, engine: Any, optimizer: torch.optim.Optimizer, grad_clip: float):
+    def __init__(self, engine: Any, optimizer: torch.optim.Optimizer, grad_clip: float, loss_fn: LossFn):
         self.engine = engine
+        self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.grad_clip = grad_clip
         self.model = engine.module
@@ -157,11 +130,10 @@ class ZeroEngine:
     def train(self, mode: bool = True) -> None:
         self.engine.train(mode)
 
-    def forward(self, inputs: tuple) -> torch.Tensor:
-        return self.engine(*to_device(inputs, self.engine.device)).cpu()
+    def forward(self, inputs: tuple) -> Any:
+        return self.engine(*to_device(inputs, self.engine.device))
 
-    def forward_backward(self, inputs: tuple, target: torch.Tensor, loss_fn: LossFn,
-                         scale: float | None = None) -> torch.Tensor:
+    def forward_backward(self, inputs: tuple, batch: Any, scale: float | None = None) -> torch.Tensor:
         """Loss of the local micro-batch (detached). DeepSpeed divides the loss by its
         `gradient_accumulation_steps` itself, so `scale`, if given, must equal 1 / that count."""
         accum = self.engine.gradient_accumulation_steps()
@@ -169,13 +141,13 @@ class ZeroEngine:
             raise ValueError(f"DeepSpeed scales each micro-batch loss by 1/gradient_accumulation_steps = 1/{accum}; "
                              f"got scale {scale}. Build the engine with grad_accum_steps = 1/scale")
         device = self.engine.device
-        loss = loss_fn(self.engine(*to_device(inputs, device)), to_device(target, device))
+        loss = self.loss_fn(self.engine(*to_device(inputs, device)), to_device(batch, device))
         self.engine.backward(loss)
         if not self.engine.is_gradient_accumulation_boundary():
             self.engine.step()  # DeepSpeed's protocol: a step per micro-batch, applied at the boundary only
         return loss.detach()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         """Clip, update and zero the gradients; returns the global gradient norm before clipping."""
         if not self.engine.is_gradient_accumulation_boundary():
             raise RuntimeError("ZeroEngine.step() called before the last micro-batch of the accumulation window")
@@ -186,9 +158,9 @@ class ZeroEngine:
         else:
             self.engine.step()
             norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float32)
 
-    def optimizer_step(self, max_norm: float) -> float:
+    def optimizer_step(self, max_norm: float) -> torch.Tensor:
         """The trainer's optimizer step: `step()`, whose clipping DeepSpeed fixed at initialization."""
         if max_norm != self.grad_clip:
             raise ValueError(f"this DeepSpeed engine clips gradients to {self.grad_clip} (0 = off), set when it was "
@@ -202,7 +174,7 @@ class ZeroEngine:
     def mean_over_data_ranks(self, value: torch.Tensor) -> torch.Tensor:
         value = value.detach().to(self.engine.device, copy=True)
         dist.all_reduce(value, op=dist.ReduceOp.AVG)
-        return value.cpu()
+        return value
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The plain model state dict (FQNs of the unwrapped model) on every rank; ZeRO-3 gathers
@@ -268,7 +240,7 @@ class ZeroEngine:
 
 
 def build_deepspeed_engine(model: nn.Module, optimizer: torch.optim.Optimizer, dims: ParallelDims, *,
-                           zero_stage: int, grad_clip: float, bf16: bool = False, micro_batch_size: int,
+                           loss_fn: LossFn, zero_stage: int, grad_clip: float, bf16: bool = False, micro_batch_size: int,
                            grad_accum_steps: int = 1) -> ZeroEngine:
     """Wrap `model` + a torch `optimizer` (built on `model`'s parameters) in DeepSpeed ZeRO.
 
@@ -289,4 +261,4 @@ def build_deepspeed_engine(model: nn.Module, optimizer: torch.optim.Optimizer, d
 
     deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    return ZeroEngine(engine, optimizer, grad_clip)
+    return ZeroEngine(engine, optimizer, grad_clip, loss_fn)

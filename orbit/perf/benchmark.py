@@ -25,8 +25,9 @@ from orbit.config import ParallelConfig
 from orbit.models import create_model
 from orbit.models.flops import model_info
 
-from .comm_model import expected_sent_bytes
-from .comm_stats import CommCounter, mesh_axis_groups
+from orbit.models.orbit_vit_parallel import ORBIT_VIT_PLAN
+from orbit.perf.comm_model import expected_sent_bytes
+from orbit.perf.comm_stats import CommCounter, mesh_axis_groups
 from orbit.parallel.mesh import ParallelDims, parallel_dims_from
 from orbit.parallel.parallelize import build_engine
 from orbit.parallel.spawn import spawn
@@ -179,8 +180,8 @@ def measure_case(c: Case, steps: int) -> dict[str, Any]:
     local_batch = c.global_batch // dims.dp
     torch.manual_seed(0)
     model = SIZES[c.size].build()
-    engine = build_engine(model, c.parallel, loss_fn=_mse, precision="fp32", activation_checkpointing=False,
-                          batch_size=local_batch)
+    engine = build_engine(model, c.parallel, plan=ORBIT_VIT_PLAN, loss_fn=_mse, precision="fp32",
+                          activation_checkpointing=False, batch_size=local_batch)
     params = [p for part in engine.parts for p in part.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=False)  # as the trainer's
     inputs, target = _batch(model, local_batch)
@@ -188,7 +189,7 @@ def measure_case(c: Case, steps: int) -> dict[str, Any]:
     device = torch.device("cpu")
 
     def step(record_state: bool = False) -> dict[str, int] | None:
-        loss = engine.forward_backward(inputs, target, _mse)
+        loss = engine.forward_backward(inputs, target)
         engine.mean_over_data_ranks(loss)
         engine.clip_grad_norm_(1.0)
         optimizer.step()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .benchmark import Result, default_cases, device_peak, run_cases
+from orbit.perf.benchmark import Result, default_cases, device_peak, run_cases
 
 CAVEAT = (
     "This machine has {cpus} CPU cores and each rank runs one thread, so every run with more than "

@@ -71,9 +71,9 @@ from orbit.models.flops import forward_flops
 from orbit.models.orbit_vit import OrbitViT
 from orbit.models.registry import get_config
 
-from .comm_model import FLATTENED, TP_SHARDED_AGGREGATION, TP_SHARDED_BLOCK, axis_label, expected_sent_bytes
+from orbit.perf.comm_model import FLATTENED, TP_SHARDED_AGGREGATION, TP_SHARDED_BLOCK, axis_label, expected_sent_bytes
 from orbit.parallel.mesh import AXES, ParallelDims, parallel_dims_from
-from orbit.parallel.parallelize import layout_problems
+from orbit.models.orbit_vit_parallel import layout_problems
 from orbit.parallel.pipeline import stage_block_ranges
 from orbit.parallel.sharding import check_deepspeed_layout
 

@@ -14,10 +14,10 @@ import xarray as xr
 
 from orbit.atomic import write_atomically
 from orbit.config import load_config
-from orbit.parallel.checkpoint import is_complete, load_distributed
+from orbit.parallel.checkpoint import is_complete
 from orbit.parallel.env import init_distributed
-from orbit.parallel.parallelize import build_engine
-from orbit.tasks import build_task
+from orbit.registry import build_task
+from orbit.run.runner import engine_builder
 from orbit.train import checkpoint as ckpt
 from orbit.train.logging import log, setup_console_logging, write_json
 
@@ -59,29 +59,33 @@ def run_evaluation(run_dir: str | Path, checkpoint: str | Path | None = None, ou
         raise FileNotFoundError(f"{str(config)!r} not found: --run-dir must be a directory written by "
                                 f"`orbit pretrain` or `orbit finetune`")
     # weights come from the checkpoint: no pretrained init, nothing frozen, an engine without optimizer
+    # (DeepSpeed builds none without one, so its runs are scored on the torch engine of the same layout:
+    # their checkpoints hold the full weights as DCP as well)
     cfg = load_config(config, [*(overrides or []), "finetune.init=null", "finetune.freeze=none",
-                               "finetune.replace=[]", "parallel.engine=fsdp"])
+                               "finetune.replace=[]"])
+    if cfg.parallel.engine == "deepspeed":
+        cfg.parallel.engine = "fsdp"
     path = find_checkpoint(run_dir, checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "evaluation"
     launch = init_distributed(cfg.parallel.timeout_s)
     is_main = launch.rank == 0
     task = build_task(cfg)
-    engine = build_engine(task.build_model(), cfg.parallel, loss_fn=task.loss_fn, precision=cfg.train.precision,
-                          activation_checkpointing=False, batch_size=cfg.data.batch_size,
-                          device=launch.device or "cpu")
-    step = load_distributed(path, engine.parts)["step"]  # weights only: this engine has no optimizer
+    engine = engine_builder(cfg, launch.device, activation_checkpointing=False)(task.build_model(), loss_fn=task.loss)
+    step = engine.load_weights(path)["step"]
     log.info("evaluating %s (step %d) of task %s", path, step, cfg.task)
     engine.train(False)
     device_type = next(iter(engine.parameters())).device.type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" \
         else contextlib.nullcontext()
-    with torch.no_grad(), autocast:
+    grad = contextlib.nullcontext() if task.evaluate_with_grad else torch.no_grad()
+    with grad, autocast:
         summary = {"step": step, "checkpoint": str(path), **task.evaluate(engine, step)}
         predictions = task.predictions(engine)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "evaluation.json", summary)
         task.report(summary, out_dir)
-        written = write_predictions(predictions, out_dir / f"predictions{PREDICTION_FORMATS[fmt]}")
-        log.info("wrote %s", written)
+        if predictions is not None:
+            written = write_predictions(predictions, out_dir / f"predictions{PREDICTION_FORMATS[fmt]}")
+            log.info("wrote %s", written)
     return summary

@@ -8,7 +8,6 @@ within `parallel.heartbeat_timeout_s`, naming that rank.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import importlib.metadata
 import platform
 from pathlib import Path
@@ -16,19 +15,43 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from orbit import __version__
 from orbit.config import RunConfig, save_config
 from orbit.parallel.checkpoint import is_complete
 from orbit.parallel.env import LaunchInfo, broadcast_object, init_distributed
+from orbit.models.registry import family_of
 from orbit.parallel.parallelize import build_engine
-from orbit.tasks import build_task
+from orbit.parallel.plans import ParallelPlan, data_parallel_only
+from orbit.registry import build_task
 from orbit.train import checkpoint as ckpt
 from orbit.train.logging import RunLogger, log, setup_console_logging, write_json
 from orbit.train.trainer import Trainer
 from orbit.train.watchdog import Progress, Watchdog
 
 VERSIONED_PACKAGES = ("torch", "numpy", "xarray", "zarr", "deepspeed", "mpi4py")
+
+
+def parallel_plan(model: nn.Module) -> ParallelPlan:
+    """The parallel plan of `model`'s registered family (data parallelism only if it declares none)."""
+    family = family_of(model)
+    return family.plan if family.plan is not None else data_parallel_only(family.name)
+
+
+def engine_builder(cfg: RunConfig, device: str | None, *, activation_checkpointing: bool | None = None):
+    """`build(model, loss_fn=..., make_optimizer=None)` -> this rank's engine for `model` on the run's
+    layout, with the plan of the model's family."""
+    t = cfg.train
+    checkpointing = t.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
+
+    def build(model: nn.Module, *, loss_fn, make_optimizer=None):
+        return build_engine(model, cfg.parallel, plan=parallel_plan(model), loss_fn=loss_fn, precision=t.precision,
+                            activation_checkpointing=checkpointing, batch_size=cfg.data.batch_size,
+                            make_optimizer=make_optimizer, grad_clip=t.grad_clip, grad_accum_steps=t.grad_accum_steps,
+                            device=device or "cpu")
+
+    return build
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -126,13 +149,8 @@ def run_training(cfg: RunConfig, run_dir: Path | None = None, resume: str | None
     start_from = resolve_resume(run_dir, resume)
     task = build_task(cfg)  # opens and checks the data before any directory is written
 
-    engine = functools.partial(build_engine, parallel_cfg=cfg.parallel, loss_fn=task.loss_fn,
-                               precision=cfg.train.precision,
-                               activation_checkpointing=cfg.train.activation_checkpointing,
-                               batch_size=cfg.data.batch_size, grad_clip=cfg.train.grad_clip,
-                               grad_accum_steps=cfg.train.grad_accum_steps, device=launch.device or "cpu")
     progress = Progress()
-    trainer = Trainer(task, cfg.train, run_dir, build_engine=engine, progress=progress)
+    trainer = Trainer(task, cfg.train, run_dir, build_engine=engine_builder(cfg, launch.device), progress=progress)
     info = run_info(cfg, launch, trainer.engine)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +161,7 @@ def run_training(cfg: RunConfig, run_dir: Path | None = None, resume: str | None
     with Watchdog(progress, cfg.parallel.heartbeat_timeout_s, launch.master_addr):
         if start_from is not None:
             trainer.load(start_from)
-        logger = RunLogger(run_dir, resumed_step=trainer.state.step, total_steps=cfg.train.max_steps,
+        logger = RunLogger(run_dir, resumed_step=trainer.state.step, total_steps=trainer.total_steps,
                            enabled=is_main)
         try:
             results = trainer.fit(logger)

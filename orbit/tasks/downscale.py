@@ -19,21 +19,22 @@ import torch
 import xarray as xr
 from torch import nn
 
-from orbit.config import RunConfig, register_task_options
+from orbit.config import RunConfig
 from orbit.synthetic import fine_scale as downscale
 from orbit.data.downscale_dataset import DownscaleBatch, DownscaleDataset, DownscaleLoader
 from orbit.metrics.weather import lat_weighted_mse_loss
 from orbit.metrics.downscale import PERCENTILES, downscaling_scores
 from orbit.models.downscale_net import DownscaleViT, upsample_bicubic
 from orbit.models.registry import get_config
-from orbit.tasks import register_task
+from orbit.registry import register_task
+from orbit.tasks.sections import WEATHER_SECTIONS
+from orbit.train.task import Task
 from orbit.run.plots import plot_loss_curve, plt
 from orbit.train.finetune import prepare_model
 
 METHODS = ("model", "bicubic")
 
 
-@register_task_options("downscale")
 @dataclass
 class DownscaleOptions:
     """`options:` of a downscaling run: the store (`orbit data downscale`) and the new parts' widths."""
@@ -43,8 +44,8 @@ class DownscaleOptions:
     refine_hidden: int = 48
 
 
-@register_task("downscale")
-class DownscaleTask:
+@register_task("downscale", options=DownscaleOptions, **WEATHER_SECTIONS)
+class DownscaleTask(Task):
     """Train on `data.train_years` of the store, score every `eval.stride`-th step of `eval.years`."""
 
     def __init__(self, cfg: RunConfig):
@@ -82,11 +83,8 @@ class DownscaleTask:
         """(coarse (B, C, h, w), statics (B, S, H, W)): the statics are one field broadcast per sample."""
         return batch.coarse, self.statics.expand(len(batch), *self.statics.shape)
 
-    def target(self, batch: DownscaleBatch) -> torch.Tensor:
-        return batch.fine
-
-    def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return lat_weighted_mse_loss(output, target, self.lat)
+    def loss(self, output: torch.Tensor, batch: DownscaleBatch) -> torch.Tensor:
+        return lat_weighted_mse_loss(output, batch.fine, self.lat.to(output.device))
 
     # ------------------------------------------------------------------ evaluation
     def _eval_indices(self) -> list[list[int]]:
@@ -101,7 +99,7 @@ class DownscaleTask:
         for chunk in self._eval_indices():
             batch = self.eval_set.batch(chunk)
             coarse = to_physical(batch.coarse)
-            out["model"].append(to_physical(engine.forward(self.model_inputs(batch)).float()))
+            out["model"].append(to_physical(engine.forward(self.model_inputs(batch)).float().cpu()))
             out["bicubic"].append(bicubic_baseline(coarse, self.eval_set.scale, self.eval_set.channels))
             out["truth"].append(to_physical(batch.fine))
             out["coarse"].append(coarse)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,22 @@ import torch
 import xarray as xr
 from torch import nn
 
-from orbit.config import RunConfig, register_task_options
+from orbit.config import RunConfig
 from orbit.metrics.emulator import r2_score
 from orbit.synthetic import land_model as lm
 from orbit.data.elm_dataset import FORCING_VARS, ElmArrays, open_dataset
+from orbit.data.sampler import ShardedSampler
 from orbit.models.elm_emulator import ElmEmulatorConfig, ElmSpinupEmulator
 from orbit.models.registry import get_config
-from orbit.tasks import register_task
+from orbit.registry import register_task
+from orbit.tasks.sections import WEATHER_SECTIONS
+from orbit.train.task import Task
 from orbit.run.plots import plot_loss_curve, plt
 from orbit.train.finetune import prepare_model
 
 SCATTER_OUTPUTS = ("totecosysc", "soil3c", "stemc", "sminn", "gpp", "cwdn")
 
 
-@register_task_options("elm_spinup")
 @dataclass
 class ElmSpinupOptions:
     """`options:` of an ELM spin-up emulator run."""
@@ -54,34 +57,25 @@ def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x: np.ndarray, a
 
 
 class CellSampler:
-    """Endless, resumable batches of training-cell indices; each data rank takes its share of a
-    per-epoch seeded permutation."""
+    """Endless, resumable batches of training-cell ids: `ShardedSampler` positions mapped to `cells`.
+
+    No tail is dropped (the last global batch of an epoch wraps around), so every training cell is
+    seen each epoch however few there are. State format: `orbit.data.sampler`.
+    """
 
     def __init__(self, cells: np.ndarray, batch_size: int, seed: int, rank: int, world_size: int):
-        if len(cells) < world_size:
-            raise ValueError(f"{len(cells)} training cells cannot feed {world_size} data ranks")
-        self.cells, self.batch_size, self.seed = cells, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.position = 0, 0
+        self.cells = cells
+        self.sampler = ShardedSampler(len(cells), batch_size, seed=seed, rank=rank, world_size=world_size,
+                                      drop_last=False)
 
-    def _order(self) -> np.ndarray:
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.cells)
-        return perm[self.rank::self.world_size]
-
-    def __iter__(self):
-        while True:
-            order = self._order()
-            while self.position + self.batch_size <= len(order) or (self.position == 0 and len(order)):
-                batch = order[self.position:self.position + self.batch_size]
-                self.position += self.batch_size
-                yield batch
-            self.epoch, self.position = self.epoch + 1, 0
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.cells[indices] for indices in self.sampler)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+        return self.sampler.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 @dataclass
@@ -95,8 +89,8 @@ class ElmBatch:
     index: np.ndarray
 
 
-@register_task("elm_spinup")
-class ElmSpinupTask:
+@register_task("elm_spinup", options=ElmSpinupOptions, **WEATHER_SECTIONS)
+class ElmSpinupTask(Task):
     """Train on the store's training cells, score the held-out blocks."""
 
     def __init__(self, cfg: RunConfig):
@@ -136,11 +130,8 @@ class ElmSpinupTask:
     def model_inputs(self, batch: ElmBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return batch.forcing, batch.statics, batch.patch
 
-    def target(self, batch: ElmBatch) -> torch.Tensor:
-        return batch.target
-
-    def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(output.float(), target)
+    def loss(self, output: torch.Tensor, batch: ElmBatch) -> torch.Tensor:
+        return nn.functional.mse_loss(output.float(), batch.target)
 
     # ------------------------------------------------------------------ evaluation
     def predict(self, engine, cells: np.ndarray) -> np.ndarray:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from orbit.config import register_task_options
 from orbit.data.batch import Batch
 from orbit.data.dataset import ForecastDataset
 from orbit.data.loader import ResumableLoader
-from orbit.tasks import register_task
+from orbit.registry import register_task
+from orbit.tasks.sections import WEATHER_SECTIONS
 from orbit.tasks.forecast_eval import channel_attrs, score_forecasts
 from orbit.run.plots import plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
 from orbit.tasks.pretrain import PretrainTask
@@ -39,7 +39,6 @@ BASELINES = ("persistence", "climatology")
 NS_PER_HOUR = 3_600_000_000_000
 
 
-@register_task_options("forecast")
 @dataclass
 class ForecastOptions:
     """score_channels: the variables scored, tabulated and written as predictions (the model
@@ -86,7 +85,7 @@ class InitTimeSubset:
 # --------------------------------------------------------------------------- the task
 
 
-@register_task("forecast")
+@register_task("forecast", options=ForecastOptions, **WEATHER_SECTIONS)
 class ForecastTask(PretrainTask):
     """Fine-tuning for medium-range forecasts on `data.sources` (the reanalysis): the pretraining
     task's data, inputs, residual target and loss, plus a data fraction, rollout and scorecard."""

@@ -19,8 +19,11 @@ from orbit.data.dataset import ForecastDataset
 from orbit.data.forcings import cos_solar_zenith, lead_valid_time_ns
 from orbit.data.loader import ResumableLoader, evaluation_batches
 from orbit.metrics.weather import lat_weighted_mse_loss
-from orbit.models.registry import create_model
-from orbit.tasks import register_task
+from orbit.models.flops import forward_flops
+from orbit.models.registry import create_model, get_config
+from orbit.registry import register_task
+from orbit.tasks.sections import WEATHER_SECTIONS
+from orbit.train.task import Task
 from orbit.tasks.forecast_eval import evaluate_skill, forecast_dataset, print_skill_table, write_skill_figures
 
 
@@ -48,8 +51,8 @@ def _year_range(years: list[int]) -> range:
     return range(years[0], years[1] + 1)
 
 
-@register_task("pretrain")
-class PretrainTask:
+@register_task("pretrain", **WEATHER_SECTIONS)
+class PretrainTask(Task):
     """Forecast pretraining on the configured stores; evaluation on held-out years."""
 
     def __init__(self, cfg: RunConfig):
@@ -68,10 +71,13 @@ class PretrainTask:
         self.lat = torch.as_tensor(self.train_set.lat)
         self._example: dict[str, Any] = {}
 
-    def build_model(self) -> nn.Module:
+    def _model_kwargs(self) -> dict[str, Any]:
         channels = tuple(self.cfg.data.channels)
-        return create_model(self.cfg.model.preset, variables=channels + self.forcing_names, out_variables=channels,
-                            img_size=(self.train_set.lat.size, self.train_set.lon.size), **self.cfg.model.overrides())
+        return dict(variables=channels + self.forcing_names, out_variables=channels,
+                    img_size=(self.train_set.lat.size, self.train_set.lon.size), **self.cfg.model.overrides())
+
+    def build_model(self) -> nn.Module:
+        return create_model(self.cfg.model.preset, **self._model_kwargs())
 
     @property
     def forcing_names(self) -> tuple[str, ...]:
@@ -102,7 +108,7 @@ class PretrainTask:
         lead, sqrt(lead / 6 h) (changes grow roughly like a random walk), so short leads weigh as
         much in the loss as long ones instead of being drowned by them.
         """
-        if self.cfg.train.residual:
+        if self.cfg.model.residual:
             target = (batch.y - batch.x) / residual_scale(batch.lead_hours)
         else:
             target = batch.y
@@ -110,12 +116,18 @@ class PretrainTask:
 
     def predict(self, forward, batch) -> torch.Tensor:
         """Normalized forecast (B, V, H, W) from the model output (see `target`)."""
-        out = forward(self.model_inputs(batch)).float()
-        return batch.x + residual_scale(batch.lead_hours) * out if self.cfg.train.residual else out
+        out = forward(self.model_inputs(batch)).float().cpu()
+        return batch.x + residual_scale(batch.lead_hours) * out if self.cfg.model.residual else out
 
-    def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        target = self.target(batch)
         present = torch.isfinite(target[:, :, 0, 0])
-        return lat_weighted_mse_loss(output, torch.nan_to_num(target), self.lat, present)
+        return lat_weighted_mse_loss(output, torch.nan_to_num(target), self.lat.to(output.device), present)
+
+    def train_flops_per_sample(self) -> float:
+        """Forward + backward (2x forward) of the ViT from its analytic FLOPs."""
+        config = get_config(self.cfg.model.preset, **self._model_kwargs())
+        return 3.0 * forward_flops(config, batch_size=1)["total"]
 
     def evaluate(self, engine, step: int) -> dict[str, Any]:
         ev = self.cfg.eval

@@ -25,6 +25,14 @@ def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
     return Path(ckpt_dir) / f"step_{step:08d}"
 
 
+def step_of(path: Path) -> int:
+    """The step a checkpoint directory `step_<8 digits>` was written at."""
+    name = Path(path).name
+    if not (name.startswith("step_") and name[5:].isdigit()):
+        raise ValueError(f"checkpoint directory {str(path)!r} is not named step_<8-digit step>")
+    return int(name[5:])
+
+
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     ckpt_dir = Path(ckpt_dir)

@@ -4,15 +4,37 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import resource
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 log = logging.getLogger("orbit")
 
-CSV_COLUMNS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "step_time_s")
+CSV_COLUMNS = ("step", "phase", "loss", "lr", "grad_norm", "samples_per_s", "step_time_s", "tflops_per_device",
+               "mfu", "peak_memory_gb", "data_wait_frac")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process so far: allocated on an accelerator, resident set size on the CPU."""
+    if device.type != "cpu":
+        return torch.get_device_module(device.type).max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def step_line(row: dict[str, Any]) -> str:
+    """The console line of a logged step."""
+    parts = [f"step {row['step']}", f"{row['phase']}", f"loss {row['loss']:.4g}", f"lr {row['lr']:.3g}",
+             f"grad norm {row['grad_norm']:.3g}", f"{row['samples_per_s']:.1f} samples/s"]
+    if "tflops_per_device" in row:
+        parts.append(f"{row['tflops_per_device']:.3g} TFLOP/s/device")
+    if "mfu" in row:
+        parts.append(f"MFU {100 * row['mfu']:.1f}%")
+    parts += [f"peak mem {row['peak_memory_gb']:.2f} GB", f"data wait {100 * row['data_wait_frac']:.0f}%"]
+    return " | ".join(parts)
 
 
 def setup_console_logging(level: int = logging.INFO) -> None:
@@ -64,8 +86,9 @@ class RunLogger:
             return
         self._csv.writerow(row)
         self._csv_handle.flush()
+        log.info(step_line(row))
         for key, value in row.items():
-            if key != "step":
+            if key not in ("step", "phase"):
                 self._tb.add_scalar(f"train/{key}", value, int(row["step"]))
 
     def log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:

@@ -2,29 +2,28 @@
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 from torch import nn
 
 
-def param_groups(parts: list[nn.Module], weight_decay: float) -> list[dict]:
-    """Decay weight matrices; leave biases, norms and embeddings (1-D tensors) undecayed.
-
-    `parts` are the model pieces this rank holds (one module, or several pipeline stages).
-    """
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Decay weight matrices; leave biases, norms and embeddings (1-D tensors) undecayed; frozen
+    parameters are left out."""
     decay, no_decay = [], []
-    for part in parts:
-        for param in part.parameters():
-            if param.requires_grad:
-                (decay if param.ndim >= 2 else no_decay).append(param)
+    for param in params:
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(parts: list[nn.Module], lr: float, weight_decay: float,
+def build_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float,
                     betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """AdamW over `params` (e.g. those of the model parts this rank holds: a module, or pipeline stages)."""
     # foreach=False keeps the update order fixed, so a resumed CPU run is bitwise identical.
-    return torch.optim.AdamW(param_groups(parts, weight_decay), lr=lr, betas=betas, foreach=False)
+    return torch.optim.AdamW(param_groups(params, weight_decay), lr=lr, betas=betas, foreach=False)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int,

@@ -1,4 +1,5 @@
-"""One training loop for every model: the task supplies model, batches, loss and evaluation.
+"""One training loop for every model: the task supplies model, batches, loss and evaluation
+(the contract: orbit/train/task.py).
 
 The loop owns what every run needs and no task should re-implement: AdamW + warmup/cosine,
 gradient accumulation and clipping, fp32 or bf16 autocast, activation checkpointing, periodic
@@ -14,6 +15,13 @@ Faults it survives:
   update) and counts it, and more than `train.max_skipped_steps` such steps raise `NonFiniteError`.
   A skipped step still counts as a step: its batches are consumed, the LR schedule advances (the LR
   stays a function of the step number) and its row in metrics.csv shows the non-finite values.
+- Phases (`Task.phases`): stages run one after the other, each with its own optimizer (over the
+  modules it trains), LR schedule and loss; a phase starts when the previous one has done its steps,
+  and a checkpoint holds the phase of its last step, so a run resumes inside any phase.
+- Host syncs: the loss and gradient norm stay on the device and come to the host only on logging
+  steps. Non-finite values are tracked on the device too: `nonfinite=stop` raises at the next logging
+  step, evaluation or checkpoint (never saving past it), naming the first bad step; `nonfinite=skip`
+  must decide before each update, so it reads them every step.
 - Checkpoints may be written asynchronously (`train.async_checkpoint`): at most one in flight,
   published when every rank's write finished, waited for before the run ends or stops.
 """
@@ -24,44 +32,26 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
 from orbit.parallel.engine import LocalEngine
 from orbit.train import checkpoint as ckpt
-from orbit.train.logging import RunLogger, log
+from orbit.train.logging import RunLogger, log, peak_memory_gb
 from orbit.train.optim import build_optimizer, warmup_cosine
 from orbit.train.signals import Preempted, StopSignals, any_rank
+from orbit.train.task import Phase, Task
 from orbit.train.watchdog import Progress
-
-
-class ResumableBatches(Protocol):
-    """An endless iterable of batches whose position can be saved and restored."""
-
-    def __iter__(self): ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class TrainTask(Protocol):
-    """What a task gives the trainer: batch-first tensors only, so any parallel layout (pipeline
-    microbatches included) can split them. `evaluate` gets the engine to run forward passes."""
-
-    def build_model(self) -> nn.Module: ...
-    def train_batches(self, dp_rank: int, dp_size: int) -> ResumableBatches: ...
-    def model_inputs(self, batch: Any) -> tuple: ...
-    def target(self, batch: Any) -> torch.Tensor: ...
-    def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
-    def evaluate(self, engine: Any, step: int) -> dict[str, Any]: ...
 
 
 @dataclass
 class TrainState:
     step: int = 0
     skipped_steps: int = 0  # optimizer updates discarded for a non-finite loss or gradient
+    phase: int = 0  # index into the task's phases of the last step taken
 
 
 class NonFiniteError(RuntimeError):
@@ -70,31 +60,42 @@ class NonFiniteError(RuntimeError):
 
 
 class Trainer:
-    """Runs `cfg.max_steps` optimizer steps of `task`, logging to and checkpointing in `run_dir`."""
+    """Runs the task's phases (default: one of `cfg.max_steps` steps), logging to and checkpointing in `run_dir`."""
 
-    def __init__(self, task: TrainTask, cfg, run_dir: Path,
+    def __init__(self, task: Task, cfg, run_dir: Path,
                  build_engine: Callable[..., Any] | None = None, progress: Progress | None = None):
-        """`build_engine(model, make_optimizer=...)` places the model on this rank's layout (default:
-        one process) and builds the optimizer when its engine needs it (FSDP after sharding, DeepSpeed
-        before wrapping); the engine then owns the optimizer step and the checkpoint format.
+        """`build_engine(model, loss_fn=..., make_optimizer=...)` places the model on this rank's layout
+        (default: one process) and builds the optimizer when its engine needs it (FSDP after sharding,
+        DeepSpeed before wrapping); the engine then owns the optimizer step and the checkpoint format.
         `progress` is marked at fixed points of every step, eval and save (read by a `Watchdog`)."""
         self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.progress = progress if progress is not None else Progress()
+        self.phases = task.phases(cfg)
+        self.phase_ends = [sum(p.steps for p in self.phases[:i + 1]) for i in range(len(self.phases))]
+        self.total_steps = self.phase_ends[-1]
+        self.state = TrainState()
         torch.manual_seed(cfg.seed)
         model = task.build_model()
-        if build_engine is None:
-            if cfg.activation_checkpointing:
-                apply_activation_checkpointing(model)
-            build_engine = LocalEngine
-        self.engine = build_engine(model, make_optimizer=self._make_optimizer)
-        self.optimizer = self.engine.optimizer
-        self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
+        self.engine = (build_engine or LocalEngine)(model, loss_fn=self._loss, make_optimizer=self._make_optimizer)
+        if len(self.phases) > 1 and not hasattr(self.engine, "set_optimizer"):
+            raise ValueError(f"task {type(task).__name__} trains in {len(self.phases)} phases, which need a new "
+                             f"optimizer per phase; the {type(self.engine).__name__} engine cannot swap its "
+                             "optimizer: use parallel.engine=fsdp")
+        self.scheduler = self._schedule()
         self.batches = task.train_batches(self.engine.dp_rank, self.engine.dp_size)
-        self.state = TrainState()
         self._saved_step: int | None = None  # the same on every rank, unlike a look at the file system
         self._check_engine_supports(cfg)
         self._device = next(iter(self.engine.parameters())).device
+        self._first_bad_step = torch.zeros((), dtype=torch.long, device=self._device)  # 0: none yet
+        self.flops_per_sample = task.train_flops_per_sample()
+
+    @property
+    def phase(self) -> Phase:
+        return self.phases[self.state.phase]
+
+    def _loss(self, output, batch) -> torch.Tensor:
+        return (self.phase.loss or self.task.loss)(output, batch)
 
     def _check_engine_supports(self, cfg) -> None:
         kind = type(self.engine).__name__
@@ -107,13 +108,41 @@ class Trainer:
                              "cannot be discarded; use train.nonfinite=stop")
 
     def _make_optimizer(self, parts: list[nn.Module]) -> torch.optim.Optimizer:
-        return build_optimizer(parts, self.cfg.lr, self.cfg.weight_decay, tuple(self.cfg.betas))
+        """AdamW over the parameters the current phase trains (all, with a single phase)."""
+        phase, cfg = self.phase, self.cfg
+        trained = [p for part in parts for name, p in part.named_parameters()
+                   if phase.trains(name.replace("_checkpoint_wrapped_module.", ""))]
+        if not trained:
+            raise ValueError(f"phase {phase.name!r} trains modules {list(phase.modules)}, which hold no parameters "
+                             f"of this model (top-level modules: {sorted({n.split('.')[0] for part in parts for n, _ in part.named_parameters()})})")
+        return build_optimizer(trained, cfg.lr if phase.lr is None else phase.lr,
+                               cfg.weight_decay if phase.weight_decay is None else phase.weight_decay,
+                               tuple(cfg.betas))
+
+    def _schedule(self) -> torch.optim.lr_scheduler.LambdaLR:
+        phase, cfg = self.phase, self.cfg
+        lr = cfg.lr if phase.lr is None else phase.lr
+        warmup = cfg.warmup_steps if phase.warmup_steps is None else phase.warmup_steps
+        return warmup_cosine(self.engine.optimizer, warmup, phase.steps, lr, cfg.min_lr)
+
+    def _enter_phase(self, index: int) -> None:
+        """Make phase `index` current: its optimizer (fresh state) and LR schedule."""
+        self.state.phase = index
+        if len(self.phases) > 1:
+            self.engine.set_optimizer(self._make_optimizer(self.engine.parts))
+            self.scheduler = self._schedule()
+            log.info("phase %d/%d %r: %d steps, training %s", index + 1, len(self.phases), self.phase.name,
+                     self.phase.steps, list(self.phase.modules) or "all modules")
+
+    def _phase_of_step(self, step: int) -> int:
+        """The phase that took step `step` (0: the first phase)."""
+        return next(i for i, end in enumerate(self.phase_ends) if step <= end)
 
     # ------------------------------------------------------------------ checkpoints
 
     def _replicated_state(self) -> dict[str, Any]:
         """Small state, the same on every rank, saved beside the sharded model and optimizer."""
-        return {"step": self.state.step, "skipped_steps": self.state.skipped_steps,
+        return {"step": self.state.step, "skipped_steps": self.state.skipped_steps, "phase": self.state.phase,
                 "scheduler": self.scheduler.state_dict(), "loader": self.batches.state_dict(),
                 "rng": ckpt.rng_state()}
 
@@ -124,6 +153,7 @@ class Trainer:
         previous one is finished first) and `_checkpoint_published` reports it later.
         """
         path = ckpt.checkpoint_path(self.ckpt_dir, self.state.step)
+        self._raise_if_nonfinite()  # never save a model past a non-finite update
         self.progress.mark(self.state.step, "checkpoint")
         self._saved_step = self.state.step
         asynchronous = self.cfg.async_checkpoint and not wait
@@ -141,6 +171,9 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Collective: resume from a checkpoint written on any layout (DeepSpeed: the same layout)."""
         self.progress.mark(self.state.step, "checkpoint")
+        phase = self._phase_of_step(ckpt.step_of(path))
+        if phase != self.state.phase:  # the optimizer must be the saved phase's before its state loads
+            self._enter_phase(phase)
         state = self.engine.load_checkpoint(path)
         self.scheduler.load_state_dict(state["scheduler"])
         self.batches.load_state_dict(state["loader"])
@@ -159,38 +192,55 @@ class Trainer:
             return torch.autocast(device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _optimizer_step(self, batch_iter) -> tuple[float, float, int]:
+    def _optimizer_step(self, batch_iter) -> tuple[torch.Tensor, torch.Tensor, int, float]:
         """One optimizer step over `grad_accum_steps` micro-batches (or a skipped one, see module doc).
 
-        Returns (loss averaged over micro-batches and data ranks, grad norm, global samples).
+        Returns (loss averaged over micro-batches and data ranks, grad norm, both tensors on the
+        device; global samples; seconds spent waiting for batches).
         """
         step = self.state.step + 1
-        total_loss = torch.zeros(())
-        samples = 0
+        total_loss = torch.zeros((), device=self._device)
+        samples, data_wait = 0, 0.0
         accum = self.cfg.grad_accum_steps
         for _ in range(accum):
             self.progress.mark(step)
+            wait_start = time.perf_counter()
             batch = next(batch_iter)
+            data_wait += time.perf_counter() - wait_start
             self.progress.mark(step)
-            inputs, target = self.task.model_inputs(batch), self.task.target(batch)
+            inputs = self.task.model_inputs(batch)
             with self._autocast():
-                loss = self.engine.forward_backward(inputs, target, self.task.loss_fn, scale=1.0 / accum)
-            total_loss += loss.float().cpu() / accum
-            samples += len(target) * self.engine.dp_size
-        loss = self.engine.mean_over_data_ranks(total_loss).item()
+                loss = self.engine.forward_backward(inputs, batch, scale=1.0 / accum)
+            total_loss += loss.float() / accum
+            samples += next(x.shape[0] for x in inputs if isinstance(x, torch.Tensor)) * self.engine.dp_size
+        loss = self.engine.mean_over_data_ranks(total_loss)
         if self.engine.grad_norm_before_step:
             grad_norm = self.engine.clip_gradients(self.cfg.grad_clip)
-            if self._update_is_finite(step, loss, grad_norm):
+            if self.cfg.nonfinite == "stop" or self._update_is_finite(step, float(loss), float(grad_norm)):
+                self._track_nonfinite(step, loss, grad_norm)
                 self.engine.apply_gradients()
             else:
                 self.engine.discard_gradients()
         else:  # DeepSpeed: the norm is known only once the update is applied (nonfinite=stop only)
-            self._update_is_finite(step, loss, None)
+            self._update_is_finite(step, float(loss), None)
             grad_norm = self.engine.optimizer_step(self.cfg.grad_clip)
-            self._update_is_finite(step, loss, grad_norm, applied=True)
+            self._update_is_finite(step, float(loss), float(grad_norm), applied=True)
         self.scheduler.step()
         self.progress.mark(step)
-        return loss, grad_norm, samples
+        return loss, grad_norm, samples, data_wait
+
+    def _track_nonfinite(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Remember (on the device, no host sync) the first step whose loss or gradient norm was not finite."""
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm.to(loss.device)))
+        first = self._first_bad_step
+        self._first_bad_step = torch.where(bad & (first == 0), torch.full_like(first, step), first)
+
+    def _raise_if_nonfinite(self) -> None:
+        """Host sync: stop (train.nonfinite=stop) if any step since the start was non-finite."""
+        step = int(self._first_bad_step)
+        if step:
+            raise NonFiniteError(f"the loss or the gradient norm was not finite at step {step}; stopping "
+                                 "(train.nonfinite=stop; train.nonfinite=skip would skip such steps)")
 
     def _update_is_finite(self, step: int, loss: float, grad_norm: float | None, applied: bool = False) -> bool:
         """False if this step's update must be skipped; raises NonFiniteError when the run must stop."""
@@ -214,7 +264,7 @@ class Trainer:
         return False
 
     def fit(self, logger: RunLogger) -> dict[str, Any]:
-        """Train to `max_steps`; returns the final evaluation (empty if the task evaluates nothing).
+        """Train all phases; returns the final evaluation (empty if the task evaluates nothing).
 
         Raises `Preempted` (exit code 75) after saving a checkpoint when SIGTERM or SIGUSR1 arrived.
         """
@@ -223,36 +273,53 @@ class Trainer:
                 self._train_loop(logger, signals)
             finally:
                 self._checkpoint_published(self.engine.finish_checkpoint(wait=True))
+        self._raise_if_nonfinite()
         if self._saved_step != self.state.step:
             self.save()
         return self._evaluate(logger)
+
+    def _throughput(self, samples: int, steps: int, elapsed: float, data_wait: float) -> dict[str, float]:
+        """Samples/s, achieved TFLOP/s per device and MFU (when the task states its FLOPs and
+        `train.peak_tflops` the device's peak), peak memory and the fraction of time spent waiting for data."""
+        devices = dist.get_world_size() if dist.is_initialized() else 1
+        row = {"samples_per_s": samples / elapsed, "step_time_s": elapsed / steps,
+               "data_wait_frac": data_wait / elapsed, "peak_memory_gb": peak_memory_gb(self._device)}
+        if self.flops_per_sample:
+            tflops = self.flops_per_sample * samples / elapsed / devices / 1e12
+            row["tflops_per_device"] = tflops
+            if self.cfg.peak_tflops > 0:
+                row["mfu"] = tflops / self.cfg.peak_tflops
+        return row
 
     def _train_loop(self, logger: RunLogger, signals: StopSignals) -> None:
         cfg = self.cfg
         batch_iter = iter(self.batches)
         self.engine.train()
-        window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
-        window_steps = 0
-        while self.state.step < cfg.max_steps:
-            step_start = time.perf_counter()
-            loss, grad_norm, samples = self._optimizer_step(batch_iter)
+        window_loss = torch.zeros((), device=self._device)
+        window_samples, window_steps, window_wait, window_start = 0, 0, 0.0, time.perf_counter()
+        while self.state.step < self.total_steps:
+            if self.state.step == self.phase_ends[self.state.phase]:
+                self._enter_phase(self.state.phase + 1)
+            loss, grad_norm, samples, data_wait = self._optimizer_step(batch_iter)
             self.state.step += 1
             window_loss += loss
             window_samples += samples
+            window_wait += data_wait
             window_steps += 1
-            logger.advance(1, loss=loss)
-            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
-                elapsed = time.perf_counter() - window_start
+            logger.advance(1)
+            if self.state.step % cfg.log_every == 0 or self.state.step == self.total_steps:
+                self._raise_if_nonfinite()
+                mean_loss = float(window_loss) / window_steps  # the one host sync of the window
                 logger.log_step({
-                    "step": self.state.step, "loss": window_loss / window_steps,
-                    "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                    "samples_per_s": window_samples / elapsed,
-                    "step_time_s": time.perf_counter() - step_start,
+                    "step": self.state.step, "phase": self.phase.name, "loss": mean_loss,
+                    "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                    **self._throughput(window_samples, window_steps, time.perf_counter() - window_start, window_wait),
                 })
+                logger.advance(0, loss=mean_loss)
                 logger.log_scalars("train", {"skipped_steps": self.state.skipped_steps}, self.state.step)
-                window_loss, window_samples, window_steps = 0.0, 0, 0
-                window_start = time.perf_counter()
-            if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < cfg.max_steps:
+                window_loss = torch.zeros((), device=self._device)
+                window_samples, window_steps, window_wait, window_start = 0, 0, 0.0, time.perf_counter()
+            if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < self.total_steps:
                 self._evaluate(logger)
             if cfg.ckpt_every and self.state.step % cfg.ckpt_every == 0:
                 self.save(wait=False)
@@ -274,9 +341,11 @@ class Trainer:
         raise Preempted(message)
 
     def _evaluate(self, logger: RunLogger) -> dict[str, Any]:
+        self._raise_if_nonfinite()
         self.progress.mark(self.state.step, "eval")
         self.engine.train(False)
-        with torch.no_grad(), self._autocast():
+        grad = contextlib.nullcontext() if self.task.evaluate_with_grad else torch.no_grad()
+        with grad, self._autocast():
             results = self.task.evaluate(self.engine, self.state.step)
         self.engine.train(True)
         self.progress.mark(self.state.step, "train")

@@ -55,7 +55,7 @@ def run(parallel: ParallelConfig) -> tuple[list[float], dict]:
     engine = build_engine(tiny_model(), parallel, loss_fn=mse, precision="fp32", activation_checkpointing=False,
                           batch_size=GLOBAL_BATCH)
     dp = engine.dp_size
-    optimizer = build_optimizer(engine.parts, lr=1e-2, weight_decay=0.05, betas=(0.9, 0.95))
+    optimizer = build_optimizer(engine.parameters(), lr=1e-2, weight_decay=0.05, betas=(0.9, 0.95))
     losses = []
     for step in range(STEPS):
         inputs, target = global_batch(step)

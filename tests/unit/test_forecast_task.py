@@ -11,7 +11,7 @@ import torch
 from orbit.config import load_config
 from orbit.data.loader import evaluation_batches
 from orbit.synthetic.toy_earth import synthesize
-from orbit.tasks import build_task
+from orbit.registry import build_task
 from orbit.tasks.forecast import (ForecastTask, InitTimeSubset, leading_fraction,
                                   scorecard_markdown, scorecard_rows)
 from orbit.tasks.forecast_eval import channel_attrs, forecast_dataset, score_forecasts

@@ -16,6 +16,7 @@ from orbit.train.logging import RunLogger
 from orbit.parallel.checkpoint import consolidate
 from orbit.parallel.engine import LocalEngine
 from orbit.train.signals import PREEMPTED_EXIT_CODE, Preempted
+from orbit.train.task import Task
 from orbit.train.trainer import NonFiniteError, Trainer
 
 
@@ -44,7 +45,7 @@ class ShuffledBatches:
         self.position = state["position"]
 
 
-class RegressionTask:
+class RegressionTask(Task):
     """`poison_at`: NaN loss from that call on; `nan_loss_at` / `inf_grad_at`: calls (= steps) whose
     loss is NaN / whose loss is finite but gradient infinite; `kill_at`, `signal_at`: the call that
     is interrupted / during which this process receives (`signum`)."""
@@ -63,10 +64,8 @@ class RegressionTask:
     def model_inputs(self, batch):
         return (batch[0],)
 
-    def target(self, batch):
-        return batch[1]
-
-    def loss_fn(self, output, target):
+    def loss(self, output, batch):
+        target = batch[1]
         self.calls += 1
         if self.calls == self.kill_at:
             raise KeyboardInterrupt("simulated kill")
@@ -207,7 +206,7 @@ def test_async_checkpoints_equal_sync_ones_and_resume_bitwise(tmp_path):
 
 def test_nonfinite_gradient_stops_naming_the_step(tmp_path):
     # finite loss; the infinite output gradient becomes NaN in the weight gradients (inf * 0)
-    with pytest.raises(NonFiniteError, match=r"^gradient norm is nan at step 3; stopping"):
+    with pytest.raises(NonFiniteError, match=r"^the loss or the gradient norm was not finite at step 3; stopping"):
         _train(tmp_path, 6, task=RegressionTask(inf_grad_at={3}))
 
 
@@ -218,7 +217,7 @@ def test_skip_discards_the_update_counts_it_and_saves_the_count(tmp_path):
     assert skipped.state.skipped_steps == 1
     for (name, a), (_, b) in zip(before.engine.full_state_dict().items(), skipped.engine.full_state_dict().items()):
         assert torch.equal(a, b), name  # step 3's update was discarded, not applied
-    assert skipped.optimizer.state_dict()["state"][0]["step"] == 2  # AdamW stepped twice
+    assert skipped.engine.optimizer.state_dict()["state"][0]["step"] == 2  # AdamW stepped twice
     assert skipped.scheduler.last_epoch == 3  # the LR schedule follows the step number
     rows = _losses(tmp_path / "three")
     assert [s for s, _ in rows] == [1, 2, 3]  # the skipped step is logged (its loss is finite here)
