@@ -7,7 +7,7 @@ per channel-set-year at 6-hourly steps, which a cluster node holds easily.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from orbit.synthetic import fine_scale as downscale
-from orbit.data.loader import ShardedBatchSampler, steps_per_epoch
+from orbit.data.sampler import ShardedSampler
 
 
 @dataclass
@@ -93,42 +93,24 @@ def _standardized(values: np.ndarray) -> np.ndarray:
 class DownscaleLoader:
     """Endless training batches of one data rank, resumable from `state_dict()`.
 
-    The order is `orbit.data.loader.ShardedBatchSampler`'s (a pure function of seed and epoch,
-    rank r takes the r-th slice of each global batch), so it has the same parity and resume
-    guarantees as the forecasting loader.
+    The order and state format are `orbit.data.sampler.ShardedSampler`'s (drop_last), so it has the
+    same parity and resume guarantees as the forecasting loader.
     """
 
     def __init__(self, dataset: DownscaleDataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need batch_size >= 1, world_size >= 1 and 0 <= rank < world_size; got "
-                             f"batch_size={batch_size}, rank={rank}, world_size={world_size}")
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"the training set has {len(dataset)} time steps, fewer than one global batch of "
-                             f"{batch_size * world_size}; use a smaller data.batch_size or more data")
-        self.epoch, self.step_in_epoch = 0, 0
+        self.dataset = dataset
+        self.sampler = ShardedSampler(len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size)
 
     @property
     def batches_per_epoch(self) -> int:
-        return steps_per_epoch(len(self.dataset), self.batch_size * self.world_size, drop_last=True)
+        return self.sampler.batches_per_epoch
 
     def __iter__(self) -> Iterator[DownscaleBatch]:
-        sampler = ShardedBatchSampler(len(self.dataset), (0.0,), self.batch_size, seed=self.seed, rank=self.rank,
-                                      world_size=self.world_size, shuffle=True, drop_last=True,
-                                      epoch=self.epoch, step=self.step_in_epoch)
-        for pairs in sampler:
-            self.step_in_epoch += 1
-            if self.step_in_epoch == self.batches_per_epoch:
-                self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            yield self.dataset.batch([index for index, _ in pairs])
+        return (self.dataset.batch(indices) for indices in self.sampler)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "seed": self.seed,
-                "global_batch_size": self.batch_size * self.world_size}
+        """The sampler's state (format: `orbit.data.sampler`)."""
+        return self.sampler.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state["global_batch_size"] != self.batch_size * self.world_size:
-            raise ValueError(f"state was saved with global batch size {state['global_batch_size']}, this loader has "
-                             f"{self.batch_size * self.world_size}")
-        self.epoch, self.step_in_epoch, self.seed = int(state["epoch"]), int(state["step_in_epoch"]), int(state["seed"])
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.sampler.load_state_dict(state)

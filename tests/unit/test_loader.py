@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from orbit.data.dataset import ForecastDataset
-from orbit.data.loader import ResumableLoader, epoch_order, evaluation_batches
+from orbit.data.loader import ResumableLoader, epoch_leads, evaluation_batches
 from test_dataset import write_toy_store  # tests/unit is on sys.path under pytest
 
 CHANNELS = ["t2m", "z500"]
@@ -41,15 +41,12 @@ def assert_same_batches(first, second):
         torch.testing.assert_close(a.y, b.y, rtol=0, atol=0)
 
 
-def test_epoch_order_depends_only_on_seed_and_epoch():
-    first, again = epoch_order(50, LEADS, seed=3, epoch=1), epoch_order(50, LEADS, seed=3, epoch=1)
-    np.testing.assert_array_equal(first[0], again[0])
-    np.testing.assert_array_equal(first[1], again[1])
-    assert sorted(first[0].tolist()) == list(range(50))
-    assert not np.array_equal(first[0], epoch_order(50, LEADS, seed=3, epoch=2)[0])
-    assert not np.array_equal(first[0], epoch_order(50, LEADS, seed=4, epoch=1)[0])
-    assert set(first[1].tolist()) == {6.0, 12.0, 24.0}
-    np.testing.assert_array_equal(epoch_order(5, LEADS, seed=3, epoch=1, shuffle=False)[0], np.arange(5))
+def test_epoch_leads_depend_only_on_seed_and_epoch():
+    first = epoch_leads(50, LEADS, seed=3, epoch=1)
+    np.testing.assert_array_equal(first, epoch_leads(50, LEADS, seed=3, epoch=1))
+    assert first.shape == (50,) and set(first.tolist()) == {6.0, 12.0, 24.0}
+    assert not np.array_equal(first, epoch_leads(50, LEADS, seed=3, epoch=2))
+    assert not np.array_equal(first, epoch_leads(50, LEADS, seed=4, epoch=1))
 
 
 def test_one_epoch_visits_distinct_samples_and_ignores_the_global_rng(dataset):
@@ -107,7 +104,7 @@ def test_resume_with_another_world_size_keeps_the_global_stream(dataset):
     single.load_state_dict(two_ranks[0].state_dict())
     expected = take(ResumableLoader(dataset, batch_size=6, seed=4), 6)[5]
     assert keys(take(single, 1)[0]) == keys(expected)
-    with pytest.raises(ValueError, match="global batch size 6, this loader has 5"):
+    with pytest.raises(ValueError, match="global batch size 6, this sampler has 5"):
         ResumableLoader(dataset, batch_size=5).load_state_dict(two_ranks[0].state_dict())
 
 
@@ -126,7 +123,7 @@ def test_lead_subset_and_invalid_arguments(dataset):
     assert set(batch.lead_hours.tolist()) == {12.0}
     with pytest.raises(ValueError, match=r"subset of the dataset's leads \[6.0, 12.0, 24.0\]"):
         ResumableLoader(dataset, batch_size=8, lead_hours=[48])
-    with pytest.raises(ValueError, match="72 init times, fewer than one global batch of 80"):
+    with pytest.raises(ValueError, match="72 samples, fewer than one global batch of 80"):
         ResumableLoader(dataset, batch_size=40, world_size=2)
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
         ResumableLoader(dataset, batch_size=4, rank=2, world_size=2)
