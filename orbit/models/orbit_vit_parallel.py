@@ -116,7 +116,9 @@ class HeadParallelAggregation(ParallelStyle):
 
 def apply_sequence_parallel(module: nn.Module, sp_mesh: DeviceMesh) -> nn.Module:
     """Ulysses over the tokens of a whole `OrbitViT` or a stage of one (after tensor parallel)."""
-    return apply_ulysses(module, sp_mesh, [m for m in module.modules() if isinstance(m, Attention)])
+    config = getattr(module, "config", None)  # a pipeline stage has it too
+    return apply_ulysses(module, sp_mesh, [m for m in module.modules() if isinstance(m, Attention)],
+                         num_tokens=config.num_tokens if config is not None else None)
 
 
 # ----------------------------------------------------------------------------- pipeline parallel
@@ -236,9 +238,18 @@ def _blocks(module: nn.Module) -> nn.ModuleList | nn.ModuleDict:
     return module.blocks
 
 
+def check_pipeline_inputs(inputs: dict) -> None:
+    """`var_ids` selects variables for the whole batch, so microbatches cannot split it: refused."""
+    if inputs.get("var_ids") is not None:
+        raise ValueError(f"pipeline inputs must be batch-first so microbatches can split them, but var_ids is a "
+                         f"tensor of shape {tuple(inputs['var_ids'].shape)}; pass var_ids=None with x holding "
+                         "the whole variable vocabulary in order")
+
+
 ORBIT_VIT_PLAN = ParallelPlan(
     family="orbit_vit", blocks=_blocks, tensor_parallel=apply_tensor_parallel,
     sequence_parallel=apply_sequence_parallel, pipeline_split=split_model, pipeline_inputs=MODEL_INPUTS,
+    check_pipeline_inputs=check_pipeline_inputs,
     layout_problems=lambda model, dims, parallel_cfg, batch: layout_problems(model.config, dims, parallel_cfg, batch))
 
 

@@ -69,7 +69,8 @@ class ParallelEngine(TorchOptimizerEngine):
             microbatches = parallel_cfg.pp_microbatches or dims.pp * parallel_cfg.pp_stages_per_rank
             self.pipeline = build_schedule(parts, mesh["pp"], schedule=parallel_cfg.pp_schedule,
                                            microbatches=microbatches, loss_fn=loss_fn,
-                                           input_names=plan.pipeline_inputs)
+                                           input_names=plan.pipeline_inputs,
+                                           check_inputs=plan.check_pipeline_inputs)
         self.loss_fn = loss_fn
         self.optimizer = make_optimizer(parts) if make_optimizer is not None else None
 

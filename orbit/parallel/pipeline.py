@@ -91,6 +91,7 @@ class Pipeline:
     microbatches: int
     device: torch.device
     loss: "_MicrobatchLoss"
+    check_inputs: Callable[[dict], None] | None = None
 
     @property
     def has_first(self) -> bool:
@@ -108,7 +109,8 @@ def _mesh_device(mesh: DeviceMesh) -> torch.device:
 
 
 def build_schedule(stages: list[nn.Module], pp_mesh: DeviceMesh, *, schedule: str, microbatches: int,
-                   loss_fn: LossFn, input_names: tuple[str, ...]) -> Pipeline:
+                   loss_fn: LossFn, input_names: tuple[str, ...],
+                   check_inputs: Callable[[dict], None] | None = None) -> Pipeline:
     """Wrap this rank's `stages` (from the plan's `pipeline_split`, after TP/SP/FSDP) in `PipelineStage`s and a
     schedule; `input_names` name the model's positional inputs, which the first stage takes by keyword."""
     if schedule not in SCHEDULES:
@@ -130,14 +132,18 @@ def build_schedule(stages: list[nn.Module], pp_mesh: DeviceMesh, *, schedule: st
     loss = _MicrobatchLoss(loss_fn, microbatches)
     torch_schedule = (schedule_cls(pipeline_stages, microbatches, loss_fn=loss, scale_grads=False) if multi_stage
                       else schedule_cls(pipeline_stages[0], microbatches, loss_fn=loss, scale_grads=False))
-    return Pipeline(torch_schedule, list(stages), input_names, microbatches, device, loss)
+    return Pipeline(torch_schedule, list(stages), input_names, microbatches, device, loss, check_inputs)
 
 
-def _model_kwargs(inputs: tuple, names: tuple[str, ...]) -> dict:
-    """The model's positional inputs by name (the first stage takes them by keyword)."""
+def _model_kwargs(inputs: tuple, pipeline: Pipeline) -> dict:
+    """The model's positional inputs by name (the first stage takes them by keyword), checked."""
+    names = pipeline.input_names
     if len(inputs) > len(names):
         raise ValueError(f"inputs must be up to {len(names)} values {names}, got {len(inputs)}")
-    return dict(zip(names, inputs))
+    kwargs = dict(zip(names, inputs))
+    if pipeline.check_inputs is not None:
+        pipeline.check_inputs(kwargs)
+    return kwargs
 
 
 def _local_batch_size(inputs: tuple, microbatches: int) -> int:
@@ -161,7 +167,7 @@ def pipeline_step(pipeline: Pipeline, pp_mesh: DeviceMesh, inputs: tuple, batch:
     fp32) is the mean of `loss_fn` over the microbatches; gradients of `scale * loss` are added to
     `.grad` of this rank's stage parameters.
     """
-    model_kwargs = _model_kwargs(inputs, pipeline.input_names)  # every rank validates, so none waits on a failed peer
+    model_kwargs = _model_kwargs(inputs, pipeline)  # every rank validates, so none waits on a failed peer
     rows = torch.arange(_local_batch_size(inputs, pipeline.microbatches), device=pipeline.device)
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
@@ -190,7 +196,7 @@ def pipeline_forward(pipeline: Pipeline, pp_mesh: DeviceMesh, inputs: tuple) -> 
     the training schedule's state.
     """
     stages = pipeline.stages
-    model_kwargs = _model_kwargs(inputs, pipeline.input_names)
+    model_kwargs = _model_kwargs(inputs, pipeline)
     group, pp, rank = pp_mesh.get_group(), pp_mesh.size(), pp_mesh.get_local_rank()
     device = _mesh_device(pp_mesh)
     num_stages = stages[0].num_stages

@@ -15,7 +15,8 @@ Fields:
 - `sequence_parallel(module, sp_mesh)`: make `module` sequence parallel in place.
 - `pipeline_split(model, pp_mesh, stages_per_rank)`: this rank's stage modules, lowest index first.
   Each stage has `index`, `num_stages`, `is_first` and `is_last`; the first stage takes the model's
-  inputs by keyword, named by `pipeline_inputs` (the positional inputs of the model's `forward`).
+  inputs by keyword, named by `pipeline_inputs` (the positional inputs of the model's `forward`);
+  `check_pipeline_inputs(inputs_by_name)` refuses inputs microbatches cannot split (on every rank).
 - `layout_problems(model, dims, parallel_cfg, batch_size)`: one sentence per reason the layout cannot
   work for this model (head counts, token counts, depth against stages), empty when it can.
 """
@@ -37,6 +38,7 @@ class ParallelPlan:
     sequence_parallel: Callable[[nn.Module, Any], Any] | None = None
     pipeline_split: Callable[[nn.Module, Any, int], list[nn.Module]] | None = None
     pipeline_inputs: tuple[str, ...] = ()
+    check_pipeline_inputs: Callable[[dict], None] | None = None
     layout_problems: Callable[[nn.Module, ParallelDims, Any, int], list[str]] | None = None
 
     def supported_axes(self) -> list[str]:

@@ -32,15 +32,19 @@ from torch.overrides import TorchFunctionMode
 from .compat import all_gather, all_to_all_single
 
 
-def apply_sequence_parallel(module: nn.Module, sp_mesh: DeviceMesh, attentions: list[nn.Module]) -> nn.Module:
+def apply_sequence_parallel(module: nn.Module, sp_mesh: DeviceMesh, attentions: list[nn.Module],
+                            num_tokens: int | None = None) -> nn.Module:
     """Make `module` (a whole model or a pipeline stage of one) sequence parallel over `sp_mesh` (1-D), in place.
 
     `attentions` are the modules inside `module` whose `forward` calls `F.scaled_dot_product_attention`
-    on (B, h, L, d) and that have `q_proj` and `head_dim` (the model family's plan names them).
+    on (B, h, L, d) and that have `q_proj` and `head_dim` (the model family's plan names them);
+    `num_tokens`, when the plan knows it, is checked against sp before any work.
     Apply after tensor parallelism (Ulysses then splits each tp rank's heads over sp) and before
     activation checkpointing, compile and FSDP.
     """
     _check_heads_divisible(attentions, sp_mesh.size())
+    if num_tokens is not None:
+        _check_tokens_divisible(num_tokens, sp_mesh.size())
     for sub in module.modules():
         if callable(getattr(type(sub), "embed", None)):
             sub.embed = MethodType(_then_keep_band(type(sub).embed, sp_mesh), sub)

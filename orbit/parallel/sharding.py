@@ -33,6 +33,13 @@ from orbit.parallel.mesh import ParallelDims
 from orbit.parallel.plans import ParallelPlan
 
 
+def data_parallel_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:
+    """The mesh FSDP shards over: 1-D "dp_shard_sp", or 2-D ("dp_replicate", "dp_shard_sp") for HSDP."""
+    if dims.dp_replicate > 1:
+        return mesh["dp_replicate", "dp_shard_sp"]
+    return mesh["dp_shard_sp"]
+
+
 def apply_fsdp(modules: list[nn.Module], mesh: DeviceMesh, dims: ParallelDims, plan: ParallelPlan, *,
                param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = torch.float32,
                reshard_after_forward: bool = True) -> bool:

@@ -11,6 +11,7 @@ from orbit.perf.benchmark import BYTES_PER_PARAM_FP32_ADAMW, case, default_cases
 from orbit.perf.comm_model import expected_sent_bytes, params_per_tp_rank
 from orbit.perf.comm_stats import CommCounter, mesh_axis_groups, sent_bytes
 from orbit.parallel.mesh import ParallelDims, parallel_dims_from
+from orbit.models.orbit_vit_parallel import ORBIT_VIT_PLAN
 from orbit.parallel.parallelize import build_engine
 from orbit.parallel.spawn import spawn
 
@@ -76,7 +77,7 @@ def _engine_step_report(rank, world_size, layouts):
         parallel = ParallelConfig(**layout)
         batch = GLOBAL_BATCH // parallel_dims_from(parallel, world_size).dp  # this data rank's samples
         model = _tiny()
-        engine = build_engine(model, parallel, loss_fn=_mse, precision="fp32", activation_checkpointing=False,
+        engine = build_engine(model, parallel, plan=ORBIT_VIT_PLAN, loss_fn=_mse, precision="fp32", activation_checkpointing=False,
                               batch_size=batch)
         optimizer = torch.optim.AdamW(list(engine.parameters()), lr=1e-3, foreach=False)
         V, (H, W) = len(model.config.variables), model.config.img_size
@@ -84,7 +85,7 @@ def _engine_step_report(rank, world_size, layouts):
         target = torch.randn(batch, V, H, W)
 
         def step():
-            engine.forward_backward(inputs, target, _mse)
+            engine.forward_backward(inputs, target)
             optimizer.step()
 
         step()  # warm-up: pipeline shape inference, lazy FSDP init

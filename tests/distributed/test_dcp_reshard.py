@@ -11,7 +11,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from orbit.parallel import checkpoint
 from orbit.parallel.checkpoint import export_single_file, is_complete, load_distributed, save_distributed
 from orbit.parallel.mesh import ParallelDims
-from orbit.parallel.pipeline import OrbitStage, stage_block_ranges
+from orbit.models.orbit_vit_parallel import ORBIT_VIT_PLAN, OrbitStage
+from orbit.parallel.pipeline import stage_block_ranges
 from orbit.parallel.sharding import apply_fsdp
 from orbit.parallel.spawn import spawn
 from orbit.train.finetune import load_pretrained
@@ -27,7 +28,7 @@ LOSS_RTOL = 1e-5
 def _fsdp_model(dims: ParallelDims):
     mesh = dims.build_mesh("cpu")
     model = tiny_model()
-    apply_fsdp([model], mesh, dims)
+    apply_fsdp([model], mesh, dims, ORBIT_VIT_PLAN)
     return model, adamw(model), mesh["dp"].get_local_rank()
 
 

@@ -37,7 +37,7 @@ def reference():
 def _zero_run(dims, stage, accum, rank):
     model = tiny_model()
     micro = GLOBAL_BATCH // dims.dp // accum
-    engine = build_deepspeed_engine(model, adamw(model), dims, zero_stage=stage, grad_clip=GRAD_CLIP,
+    engine = build_deepspeed_engine(model, adamw(model), dims, loss_fn=mse, zero_stage=stage, grad_clip=GRAD_CLIP,
                                     micro_batch_size=micro, grad_accum_steps=accum)
     losses = []
     for step in range(STEPS):
@@ -47,7 +47,7 @@ def _zero_run(dims, stage, accum, rank):
             rows = slice(k * micro, (k + 1) * micro)
             x, var_ids, lead_hours, var_mask = inputs
             micro_inputs = (x[rows], var_ids, lead_hours[rows], var_mask[rows])
-            total += engine.forward_backward(micro_inputs, target[rows], mse, scale=1.0 / accum) / accum
+            total += engine.forward_backward(micro_inputs, target[rows], scale=1.0 / accum) / accum
         engine.step()
         losses.append(engine.mean_over_data_ranks(total))
     return engine, torch.stack(losses)
@@ -61,18 +61,18 @@ def _deepspeed_checks(rank, world_size, save_dir):
         results[name] = {"losses": losses, "params": engine.full_state_dict()}
     # DeepSpeed's own checkpoint (same world size): save after 2 steps, resume, the 3rd step's loss matches
     model = tiny_model()
-    engine = build_deepspeed_engine(model, adamw(model), dims, zero_stage=3, grad_clip=GRAD_CLIP,
+    engine = build_deepspeed_engine(model, adamw(model), dims, loss_fn=mse, zero_stage=3, grad_clip=GRAD_CLIP,
                                     micro_batch_size=GLOBAL_BATCH // dims.dp)
     for step in range(STEPS - 1):
-        engine.forward_backward(*local_batch(step, rank, dims.dp), mse)
+        engine.forward_backward(*local_batch(step, rank, dims.dp))
         engine.step()
     engine.save(save_dir, {"step": STEPS - 1})
     engine.close()
     resumed_model = tiny_model()
-    resumed = build_deepspeed_engine(resumed_model, adamw(resumed_model), dims, zero_stage=3, grad_clip=GRAD_CLIP,
+    resumed = build_deepspeed_engine(resumed_model, adamw(resumed_model), dims, loss_fn=mse, zero_stage=3, grad_clip=GRAD_CLIP,
                                      micro_batch_size=GLOBAL_BATCH // dims.dp)
     extra = resumed.load(save_dir)
-    loss = resumed.forward_backward(*local_batch(extra["step"], rank, dims.dp), mse)
+    loss = resumed.forward_backward(*local_batch(extra["step"], rank, dims.dp))
     results["resumed"] = {"step": extra["step"], "loss": resumed.mean_over_data_ranks(loss)}
     return results
 

@@ -11,13 +11,15 @@ from torch import nn
 from orbit.config import ParallelConfig, TrainConfig
 from orbit.parallel.mesh import ParallelDims
 from orbit.parallel.parallelize import ParallelEngine
+from orbit.parallel.plans import data_parallel_only
 from orbit.parallel.spawn import RankFailed, spawn
 from orbit.train.logging import RunLogger
+from orbit.train.task import Task
 from orbit.train.trainer import Trainer
 from orbit.train.watchdog import Heartbeat, Progress, diagnose, is_communication_error
 
 
-class NanOnOneRankTask:
+class NanOnOneRankTask(Task):
     """Linear regression; rank `bad_rank`'s loss is NaN at step `bad_step` (the others' is finite)."""
 
     def __init__(self, rank, bad_rank=1, bad_step=3):
@@ -32,10 +34,8 @@ class NanOnOneRankTask:
     def model_inputs(self, batch):
         return (batch[0],)
 
-    def target(self, batch):
-        return batch[1]
-
-    def loss_fn(self, output, target):
+    def loss(self, output, batch):
+        target = batch[1]
         self.calls += 1
         loss = ((output - target) ** 2).mean()
         return loss * float("nan") if (self.calls, self.rank) == (self.bad_step, self.bad_rank) else loss
@@ -65,9 +65,9 @@ def _train_with_nan_on_rank_one(rank, world_size, run_dir, nonfinite):
     cfg = TrainConfig(max_steps=5, lr=1e-2, warmup_steps=1, log_every=1, ckpt_every=0, nonfinite=nonfinite,
                       max_skipped_steps=1)
 
-    def engine(model, make_optimizer):
-        return ParallelEngine(model, ParallelDims(world_size=world_size, dp_shard=world_size), ParallelConfig(),
-                              loss_fn=None, precision="fp32", activation_checkpointing=False,
+    def engine(model, loss_fn, make_optimizer):
+        return ParallelEngine(model, data_parallel_only("sequential"), ParallelDims(world_size=world_size,
+                              dp_shard=world_size), ParallelConfig(), loss_fn=loss_fn, precision="fp32", activation_checkpointing=False,
                               make_optimizer=make_optimizer)
 
     trainer = Trainer(NanOnOneRankTask(rank), cfg, Path(run_dir), build_engine=engine)
@@ -76,7 +76,7 @@ def _train_with_nan_on_rank_one(rank, world_size, run_dir, nonfinite):
         trainer.fit(logger)
     finally:
         logger.close()
-    return trainer.state.step, trainer.state.skipped_steps, trainer.optimizer.state_dict()["state"][0]["step"]
+    return trainer.state.step, trainer.state.skipped_steps, trainer.engine.optimizer.state_dict()["state"][0]["step"]
 
 
 def test_every_rank_skips_the_same_step(tmp_path):
@@ -89,7 +89,7 @@ def test_every_rank_stops_at_the_same_step(tmp_path):
         spawn(_train_with_nan_on_rank_one, 2, str(tmp_path), "stop")
     for rank in (0, 1):
         assert f"rank {rank} failed:" in str(failed.value)
-    assert str(failed.value).count("NonFiniteError: loss is nan and gradient norm is nan at step 3; stopping") == 2
+    assert str(failed.value).count("NonFiniteError: the loss or the gradient norm was not finite at step 3; stopping") == 2
 
 
 # ------------------------------------------------------------------------------ watchdog verdicts

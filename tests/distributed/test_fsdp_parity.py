@@ -8,9 +8,10 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 
-from orbit.parallel.activation_checkpoint import apply_activation_checkpointing
+from orbit.models.orbit_vit_parallel import ORBIT_VIT_PLAN
 from orbit.parallel.mesh import ParallelDims
-from orbit.parallel.sharding import apply_fsdp, transformer_blocks
+from orbit.parallel.sharding import apply_fsdp
+from orbit.parallel.units import wrap_units
 from orbit.parallel.spawn import spawn
 from tiny_training import (LR, adamw, first_step_grads, param_errors, rel_err, tiny_model, train_steps,
                            zero_gradient_params)
@@ -36,7 +37,7 @@ def reference():
 def _fsdp_run(dims: ParallelDims, param_dtype) -> dict:
     mesh = dims.build_mesh("cpu")
     model = tiny_model()
-    assert apply_fsdp([model], mesh, dims, param_dtype=param_dtype)
+    assert apply_fsdp([model], mesh, dims, ORBIT_VIT_PLAN, param_dtype=param_dtype)
     optimizer = adamw(model)
     losses = torch.tensor(train_steps(model, optimizer, range(STEPS), mesh["dp"].get_local_rank(), dims.dp))
     dist.all_reduce(losses, op=dist.ReduceOp.AVG, group=mesh["dp"].get_group())
@@ -47,15 +48,15 @@ def _fsdp_run(dims: ParallelDims, param_dtype) -> dict:
 
 def _units_report(dims: ParallelDims) -> dict:
     model = tiny_model()
-    apply_activation_checkpointing(model)
-    apply_fsdp([model], dims.build_mesh("cpu"), dims)
-    return {"units": [type(b).__name__ for b in transformer_blocks(model) if isinstance(b, FSDPModule)],
+    wrap_units(model, ORBIT_VIT_PLAN, activation_checkpointing=True, compile=False)
+    apply_fsdp([model], dims.build_mesh("cpu"), dims, ORBIT_VIT_PLAN)
+    return {"units": [type(b).__name__ for b in model.blocks if isinstance(b, FSDPModule)],
             "root": isinstance(model, FSDPModule), "keys": sorted(model.state_dict())}
 
 
 def _no_op_report(dims: ParallelDims) -> bool:
     model = tiny_model()
-    return not apply_fsdp([model], dims.build_mesh("cpu"), dims) and not isinstance(model, FSDPModule)
+    return not apply_fsdp([model], dims.build_mesh("cpu"), dims, ORBIT_VIT_PLAN) and not isinstance(model, FSDPModule)
 
 
 def _all_checks(rank, world_size, checks):

@@ -10,6 +10,7 @@ import torch
 
 from orbit.config import ParallelConfig
 from orbit.models import create_model
+from orbit.models.orbit_vit_parallel import ORBIT_VIT_PLAN
 from orbit.parallel.parallelize import build_engine
 from orbit.parallel.spawn import spawn
 from orbit.train.optim import build_optimizer
@@ -52,7 +53,7 @@ def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def run(parallel: ParallelConfig) -> tuple[list[float], dict]:
     """STEPS optimizer steps as the trainer takes them; returns losses and full final parameters."""
-    engine = build_engine(tiny_model(), parallel, loss_fn=mse, precision="fp32", activation_checkpointing=False,
+    engine = build_engine(tiny_model(), parallel, plan=ORBIT_VIT_PLAN, loss_fn=mse, precision="fp32", activation_checkpointing=False,
                           batch_size=GLOBAL_BATCH)
     dp = engine.dp_size
     optimizer = build_optimizer(engine.parameters(), lr=1e-2, weight_decay=0.05, betas=(0.9, 0.95))
@@ -62,7 +63,7 @@ def run(parallel: ParallelConfig) -> tuple[list[float], dict]:
         local = GLOBAL_BATCH // dp
         rows = slice(engine.dp_rank * local, (engine.dp_rank + 1) * local)
         inputs = tuple(t[rows] if isinstance(t, torch.Tensor) else t for t in inputs)
-        loss = engine.forward_backward(inputs, target[rows], mse)
+        loss = engine.forward_backward(inputs, target[rows])
         losses.append(engine.mean_over_data_ranks(loss).item())
         engine.clip_grad_norm_(CLIP)
         optimizer.step()

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from orbit.models.registry import create_model
 from orbit.parallel.mesh import ParallelDims
-from orbit.parallel.pipeline import build_schedule, pipeline_forward, pipeline_step, split_model, stage_block_ranges
+from orbit.models.orbit_vit_parallel import MODEL_INPUTS, check_pipeline_inputs, split_model
+from orbit.parallel.pipeline import build_schedule, pipeline_forward, pipeline_step, stage_block_ranges
 from orbit.parallel.spawn import spawn
 
 VARIABLES = ("t2m", "u10", "v10", "z500")
@@ -78,7 +79,8 @@ def reference():
 
 def _run_layout(pp_mesh, schedule, microbatches, stages_per_rank):
     stages = split_model(_model(), pp_mesh, stages_per_rank=stages_per_rank)
-    pipeline = build_schedule(stages, pp_mesh, schedule=schedule, microbatches=microbatches, loss_fn=F.mse_loss)
+    pipeline = build_schedule(stages, pp_mesh, schedule=schedule, microbatches=microbatches, loss_fn=F.mse_loss, input_names=MODEL_INPUTS,
+                              check_inputs=check_pipeline_inputs)
     params = [p for stage in stages for p in stage.parameters()]
     named = lambda: {n: p.grad.clone() for stage in stages for n, p in stage.named_parameters()}  # noqa: E731
     inputs, target = _batch()
@@ -92,7 +94,7 @@ def _run_layout(pp_mesh, schedule, microbatches, stages_per_rank):
                                  lambda i, t: pipeline_step(pipeline, pp_mesh, i, t).item())
     for stage in stages:
         stage.eval()
-    prediction = pipeline_forward(stages, pp_mesh, _batch(3)[0])  # a batch size the schedule never saw
+    prediction = pipeline_forward(pipeline, pp_mesh, _batch(3)[0])  # a batch size the schedule never saw
     return {"losses": losses, "grads": first_grads, "accumulated": accumulated,
             "state": {k: v for stage in stages for k, v in stage.state_dict().items()},
             "stage_keys": {stage.index: sorted(stage.state_dict()) for stage in stages},
@@ -112,19 +114,24 @@ def _validation(pp_mesh):
     model = _model()
     stages = split_model(model, pp_mesh)
     inputs, target = _batch()
-    pipeline = build_schedule(stages, pp_mesh, schedule="1f1b", microbatches=2, loss_fn=F.mse_loss)
+    pipeline = build_schedule(stages, pp_mesh, schedule="1f1b", microbatches=2, loss_fn=F.mse_loss, input_names=MODEL_INPUTS,
+                              check_inputs=check_pipeline_inputs)
     odd_inputs = (inputs[0][:3], None, inputs[2][:3], inputs[3][:3])
     return {
         "too_many_stages": _error_message("6 stages", lambda: split_model(model, pp_mesh, stages_per_rank=3)),
         "unknown": _error_message("name", lambda: build_schedule(stages, pp_mesh, schedule="zb", microbatches=2,
-                                                          loss_fn=F.mse_loss)),
+                                                          loss_fn=F.mse_loss, input_names=MODEL_INPUTS,
+                              check_inputs=check_pipeline_inputs)),
         "few_microbatches": _error_message("1 microbatch", lambda: build_schedule(
-            stages, pp_mesh, schedule="gpipe", microbatches=1, loss_fn=F.mse_loss)),
+            stages, pp_mesh, schedule="gpipe", microbatches=1, loss_fn=F.mse_loss, input_names=MODEL_INPUTS,
+                              check_inputs=check_pipeline_inputs)),
         "interleaved_one_stage": _error_message("1 stage", lambda: build_schedule(
-            stages, pp_mesh, schedule="interleaved_1f1b", microbatches=2, loss_fn=F.mse_loss)),
+            stages, pp_mesh, schedule="interleaved_1f1b", microbatches=2, loss_fn=F.mse_loss, input_names=MODEL_INPUTS,
+                              check_inputs=check_pipeline_inputs)),
         "single_two_stages": _error_message("2 stages", lambda: build_schedule(
             split_model(model, pp_mesh, stages_per_rank=2), pp_mesh, schedule="1f1b", microbatches=4,
-            loss_fn=F.mse_loss)),
+            loss_fn=F.mse_loss, input_names=MODEL_INPUTS,
+                              check_inputs=check_pipeline_inputs)),
         "odd_batch": _error_message("batch 3", lambda: pipeline_step(pipeline, pp_mesh, odd_inputs, target[:3])),
         "var_ids": _error_message("var_ids", lambda: pipeline_step(pipeline, pp_mesh, _with_var_ids(inputs), target)),
     }

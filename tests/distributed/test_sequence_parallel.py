@@ -12,9 +12,8 @@ from torch.distributed.tensor import DTensor
 
 from orbit.models import create_model
 from orbit.parallel.mesh import ParallelDims
-from orbit.parallel.sequence import apply_sequence_parallel
 from orbit.parallel.spawn import spawn
-from orbit.parallel.tensor import apply_tensor_parallel
+from orbit.models.orbit_vit_parallel import apply_sequence_parallel, apply_tensor_parallel
 
 
 def average_grads_over(mesh):

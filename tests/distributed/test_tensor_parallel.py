@@ -7,7 +7,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from orbit.parallel.spawn import spawn
-from orbit.parallel.tensor import apply_tensor_parallel
+from orbit.models.orbit_vit_parallel import apply_tensor_parallel
 
 def _tp_parity(rank, world_size):
     """tp=4 over all ranks, and tp=2 within each pair of ranks, against the same reference."""
