@@ -72,6 +72,8 @@ def cmd_train(args) -> int:
 
     if args.command == "pretrain":
         cfg = load_config(args.config, [*args.overrides, "task=pretrain"])
+    elif args.command == "train":  # any registered task, the plug-ins' included
+        cfg = load_config(args.config, [*args.overrides, *([f"finetune.init={args.init}"] if args.init else [])])
     else:  # finetune: the config names the task; --init the pretrained checkpoint (none: from scratch)
         cfg = load_config(args.config, [*args.overrides, *([f"finetune.init={args.init}"] if args.init else [])])
         if cfg.task == "pretrain":
@@ -192,13 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--overwrite", action="store_true")
     down.set_defaults(func=cmd_downscale_data)
 
-    for name, text in (("pretrain", "pretrain ORBIT on the configured sources"),
+    for name, text in (("train", "train the task the config names (any registered task or plug-in)"),
+                       ("pretrain", "pretrain ORBIT on the configured sources"),
                        ("finetune", "fine-tune on a task (forecast, downscale, elm_spinup) named by the config")):
         train = sub.add_parser(name, help=text)
         train.add_argument("--config", required=True, help="YAML file under configs/")
         train.add_argument("--run-dir", type=Path, default=None, help="default: runs/<name>-<time>")
         train.add_argument("--resume", default=None, help="'auto' (newest checkpoint in the run dir) or a path")
-        if name == "finetune":
+        if name != "pretrain":
             train.add_argument("--init", default=None,
                                help="pretrained checkpoint (directory from any layout, or exported file); "
                                     "omitted: train from scratch")

@@ -58,19 +58,24 @@ def create_model(name: str, **overrides: Any) -> OrbitViT:
 
 @dataclass(frozen=True)
 class ModelFamily:
+    """`example()` -> (a tiny model, a batch of its inputs): what the tests run over every family."""
+
     name: str
     model_class: type[nn.Module]
     plan: Any = None  # a ParallelPlan, or None: data parallelism only
+    example: Callable[[], tuple[nn.Module, tuple]] | None = None
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
-def register_family(name: str, model_class: type[nn.Module], plan: Any = None) -> ModelFamily:
-    """Register `model_class` (and its subclasses) as the family `name` with its parallel plan."""
+def register_family(name: str, model_class: type[nn.Module], plan: Any = None,
+                    example: Callable[[], tuple[nn.Module, tuple]] | None = None) -> ModelFamily:
+    """Register `model_class` (and its subclasses) as the family `name` with its parallel plan and a
+    tiny example (model, inputs) for the tests."""
     if name in _FAMILIES:
         raise ValueError(f"model family {name!r} is already registered (by {_FAMILIES[name].model_class.__name__})")
-    family = ModelFamily(name, model_class, plan)
+    family = ModelFamily(name, model_class, plan, example)
     _FAMILIES[name] = family
     return family
 

@@ -19,7 +19,7 @@ RTOL = 1e-5
 
 def _run(run_dir, *extra):
     # `orbit finetune` runs the task its config names; `orbit pretrain` always runs task=pretrain
-    return ["finetune", "--config", CONFIG, "--run-dir", str(run_dir), *STEPS, *extra]
+    return ["train", "--config", CONFIG, "--run-dir", str(run_dir), *STEPS, *extra]
 
 
 def _orbit(args):

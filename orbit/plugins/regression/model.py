@@ -48,4 +48,8 @@ class MLPRegressor(nn.Module):
         return self.head(self.body(x))
 
 
-register_family("mlp", MLPRegressor)
+def _example() -> tuple[MLPRegressor, tuple[torch.Tensor]]:
+    return MLPRegressor(MLPConfig(in_features=4, hidden=[8, 8])), (torch.randn(6, 4),)
+
+
+register_family("mlp", MLPRegressor, example=_example)
