@@ -1,0 +1,258 @@
+"""Task "pi3nn": PI3NN prediction intervals for a table (CSV or synthetic), trained as three phases of
+the one trainer and calibrated after training (the math: `intervals.py`).
+
+Phases (`Task.phases`), each with its own AdamW over one network, checkpointed and resumable inside:
+  1. "mean"  (module `mean`,  `train.max_steps` steps): MSE of f(x) against y;
+  2. "upper" (module `upper`, `options.bound_steps`): MSE of u(x) against y - f(x) on the batch's points
+     with y >= f(x), f taken from the model output itself and detached;
+  3. "lower" (module `lower`, `options.bound_steps`): MSE of l(x) against f(x) - y on the points with y < f(x).
+Evaluation (step 4): alpha, beta by bisection on the training rows for `options.confidence`, then test
+and validation PICP / MPIW, a calibration curve (PICP against gamma 0.5..0.99, no retraining) and the
+per-input confidence score min(mean training width / width(x), 1). Units: the networks see x and y
+standardised with training-row statistics; intervals are reported in y's units.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from orbit.config import DataConfig, EvalConfig, RunConfig
+from orbit.data.sampler import ShardedSampler
+from orbit.registry import register_task
+from orbit.train.task import Phase, Task
+
+from .data import Standardized, cubic, heteroscedastic, read_table, split_rows
+from .intervals import CALIBRATION_LEVELS, IntervalCalibrator, calibration_curve, check_confidence, mpiw, picp
+from .model import PI3NN, PI3NNConfig
+
+SYNTHETIC = ("heteroscedastic", "cubic")
+
+
+@dataclass
+class PI3NNModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [64])
+    bound_hidden: list[int] | None = None
+    activation: str = "relu"
+    ood_init: bool = True  # the paper's large initial output bias of u and l
+    ood_bias: float = 10.0
+
+
+@dataclass
+class PI3NNDataConfig(DataConfig):
+    csv: str | None = None  # header x0..x{d-1},y; None: the synthetic problem below
+    synthetic: str = "heteroscedastic"  # or "cubic" (the paper's 10-D OOD case)
+    n_samples: int = 2000
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1  # of the rows left after the test rows
+    seed: int = 0  # of the synthetic set and of the split (the sample order uses train.seed)
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.csv is None and self.synthetic not in SYNTHETIC:
+            raise ValueError(f"data.synthetic={self.synthetic!r} is not one of {list(SYNTHETIC)} (or give data.csv)")
+        if self.n_samples < 20:
+            raise ValueError(f"data.n_samples={self.n_samples} must be >= 20")
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"data.{name}={value} must be in the open interval (0, 1)")
+
+
+@dataclass
+class PI3NNEvalConfig(EvalConfig):
+    batch_size: int = 4096
+
+
+@dataclass
+class PI3NNOptions:
+    confidence: float = 0.95  # gamma of the reported intervals; any other gamma needs no retraining
+    bound_steps: int = 0  # steps of the upper and of the lower phase; 0: train.max_steps
+    bound_lr: float | None = None  # None: train.lr
+    calibration_levels: list[float] = field(default_factory=lambda: list(CALIBRATION_LEVELS))
+
+    def validate(self) -> None:
+        check_confidence(self.confidence, "options.confidence")
+        for gamma in self.calibration_levels:
+            check_confidence(gamma, "options.calibration_levels entry")
+        if self.bound_steps < 0:
+            raise ValueError(f"options.bound_steps={self.bound_steps} must be >= 0 (0: train.max_steps)")
+
+
+def mean_loss(output: torch.Tensor, batch) -> torch.Tensor:
+    return nn.functional.mse_loss(output[:, 0].float(), batch[1])
+
+
+def _one_sided(prediction: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.float()
+    return (mask * (prediction - residual) ** 2).sum() / mask.sum().clamp(min=1.0)
+
+
+def upper_loss(output: torch.Tensor, batch) -> torch.Tensor:
+    """MSE of u against y - f on the points with y >= f (f detached: only u learns)."""
+    output, y = output.float(), batch[1]
+    residual = y - output[:, 0].detach()
+    return _one_sided(output[:, 1], residual, residual >= 0)
+
+
+def lower_loss(output: torch.Tensor, batch) -> torch.Tensor:
+    """MSE of l against f - y on the points with y < f."""
+    output, y = output.float(), batch[1]
+    residual = output[:, 0].detach() - y
+    return _one_sided(output[:, 2], residual, residual > 0)
+
+
+class _Batches:
+    """Endless, resumable (x, y) batches of standardised training rows for one data rank."""
+
+    def __init__(self, table: Standardized, rows: np.ndarray, batch_size: int, seed: int, rank: int, world: int):
+        self.table, self.rows = table, rows
+        self.sampler = ShardedSampler(len(rows), batch_size, seed=seed, rank=rank, world_size=world, drop_last=False)
+
+    def __iter__(self):
+        for positions in self.sampler:
+            rows = self.rows[positions]
+            yield torch.from_numpy(self.table.xn[rows]), torch.from_numpy(self.table.yn[rows])
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def load_xy(d: PI3NNDataConfig) -> tuple[np.ndarray, np.ndarray]:
+    if d.csv:
+        return read_table(d.csv)
+    return heteroscedastic(d.n_samples, d.seed) if d.synthetic == "heteroscedastic" else cubic(d.n_samples, d.seed)
+
+
+@register_task("pi3nn", model=PI3NNModelConfig, data=PI3NNDataConfig, eval=PI3NNEvalConfig, options=PI3NNOptions)
+class PI3NNTask(Task):
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.options: PI3NNOptions = cfg.options if cfg.options is not None else PI3NNOptions()
+        d = cfg.data
+        x, y = load_xy(d)
+        self.split = split_rows(len(y), d.test_fraction, d.val_fraction, d.seed)
+        self.table = Standardized(x, y, self.split.train)
+        self.y_range = float(np.ptp(self.table.y))
+        self._last: dict[str, Any] | None = None
+
+    def build_model(self) -> nn.Module:
+        m = self.cfg.model
+        return PI3NN(PI3NNConfig(self.table.x.shape[1], list(m.hidden), None if m.bound_hidden is None else
+                                 list(m.bound_hidden), m.activation, m.ood_init, m.ood_bias))
+
+    def train_batches(self, dp_rank: int, dp_size: int) -> _Batches:
+        return _Batches(self.table, self.split.train, self.cfg.data.batch_size, self.cfg.train.seed, dp_rank, dp_size)
+
+    def model_inputs(self, batch) -> tuple[torch.Tensor]:
+        return (batch[0],)
+
+    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        return mean_loss(output, batch)
+
+    def phases(self, train_cfg) -> list[Phase]:
+        o = self.options
+        bound = o.bound_steps or train_cfg.max_steps
+        return [Phase("mean", train_cfg.max_steps, ("mean",), loss=mean_loss),
+                Phase("upper", bound, ("upper",), lr=o.bound_lr, loss=upper_loss),
+                Phase("lower", bound, ("lower",), lr=o.bound_lr, loss=lower_loss)]
+
+    # ------------------------------------------------------------------ evaluation
+    def network_outputs(self, engine, rows: np.ndarray | None = None, xn: np.ndarray | None = None) -> np.ndarray:
+        """(N, 3) float64 [f, u, l] in standardised units, for table rows or standardised inputs."""
+        xn = self.table.xn[rows] if xn is None else xn
+        size, out = self.cfg.eval.batch_size, []
+        for start in range(0, len(xn), size):
+            out.append(engine.forward((torch.from_numpy(xn[start:start + size]),)).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
+    def calibrator(self, engine) -> IntervalCalibrator:
+        f, u, l = self.network_outputs(engine, self.split.train).T
+        return IntervalCalibrator(self.table.yn[self.split.train], f, u, l)
+
+    def intervals(self, engine, calibrator: IntervalCalibrator, rows: np.ndarray, gamma: float):
+        """(prediction, lower, upper, confidence score) in y's units."""
+        f, u, l = self.network_outputs(engine, rows).T
+        lower, upper = calibrator.bounds(f, u, l, gamma)
+        t = self.table
+        return (f * t.y_std + t.y_mean, lower * t.y_std + t.y_mean, upper * t.y_std + t.y_mean,
+                calibrator.confidence_score(u, l, gamma))
+
+    def evaluate(self, engine, step: int) -> dict[str, Any]:
+        gamma = self.options.confidence
+        cal = self.calibrator(engine)
+        s = cal.scales(gamma)
+        scalars: dict[str, float] = {"alpha": s.alpha, "beta": s.beta, "train_above": s.above,
+                                     "train_below": s.below, "train_target_outside": s.target,
+                                     "train_picp": 1.0 - (s.above + s.below) / s.n}
+        curves = {}
+        for part, rows in (("val", self.split.val), ("test", self.split.test)):
+            pred, lower, upper, score = self.intervals(engine, cal, rows, gamma)
+            y = self.table.y[rows]
+            scalars[f"{part}_picp"] = picp(y, lower, upper)
+            scalars[f"{part}_mpiw"] = mpiw(lower, upper, self.y_range)
+            scalars[f"{part}_rmse"] = float(np.sqrt(np.mean((pred - y) ** 2)))
+            scalars[f"{part}_confidence_score"] = float(score.mean())
+            f, u, l = self.network_outputs(engine, rows).T
+            curves[part] = calibration_curve(cal, self.table.yn[rows], f, u, l, self.options.calibration_levels)
+        self._last = {"pred": pred, "lower": lower, "upper": upper, "score": score}
+        return {"scalars": scalars, "confidence": gamma, "calibration": curves,
+                "rows": {"train": len(self.split.train), "val": len(self.split.val), "test": len(self.split.test)}}
+
+    def report(self, summary: dict[str, Any], run_dir: Path) -> None:
+        sc, curves = summary["scalars"], summary["calibration"]
+        gamma = summary["confidence"]
+        Path(run_dir, "pi3nn_calibration.json").write_text(json.dumps(curves, indent=1))
+        lines = [f"PI3NN at confidence {gamma}, step {summary.get('step')}: alpha {sc['alpha']:.4f}, beta "
+                 f"{sc['beta']:.4f}; training points above U / below L: {sc['train_above']} / {sc['train_below']} "
+                 f"(target {sc['train_target_outside']} each)", "",
+                 "| part | PICP | MPIW (/ range of y) | RMSE | mean confidence score |", "|---|---|---|---|---|"]
+        for part in ("val", "test"):
+            lines.append(f"| {part} | {sc[part + '_picp']:.4f} | {sc[part + '_mpiw']:.4f} | {sc[part + '_rmse']:.4f} "
+                         f"| {sc[part + '_confidence_score']:.3f} |")
+        lines += ["", "Calibration (no retraining): gamma -> PICP", "", "| gamma | val PICP | test PICP |",
+                  "|---|---|---|"]
+        for v, t in zip(curves["val"], curves["test"]):
+            lines.append(f"| {v['gamma']:.2f} | {v['picp']:.4f} | {t['picp']:.4f} |")
+        text = "\n".join(lines)
+        print(text)
+        Path(run_dir, "pi3nn_report.md").write_text(text + "\n")
+        plot_calibration({"PI3NN val": curves["val"], "PI3NN test": curves["test"]}, Path(run_dir, "pi3nn_calibration.png"))
+
+    def predictions(self, engine) -> Any:
+        import xarray as xr
+
+        rows = self.split.test
+        pred, lower, upper, score = self.intervals(engine, self.calibrator(engine), rows, self.options.confidence)
+        return xr.Dataset({"y_pred": ("sample", pred), "y_lower": ("sample", lower), "y_upper": ("sample", upper),
+                           "confidence_score": ("sample", score), "y_true": ("sample", self.table.y[rows])},
+                          coords={"sample": rows.astype(np.int64)},
+                          attrs={"confidence": self.options.confidence,
+                                 "description": "PI3NN test-split intervals in y's units; sample = table row"})
+
+
+def plot_calibration(curves: dict[str, list[dict]], path: Path) -> None:
+    """PICP against gamma, one line per curve, and the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0.5, 1.0], [0.5, 1.0], "k:", lw=1, label="ideal")
+    for label, rows in curves.items():
+        ax.plot([r["gamma"] for r in rows], [r["picp"] for r in rows], marker="o", ms=3, label=label)
+    ax.set_xlabel("confidence level gamma")
+    ax.set_ylabel("PICP")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

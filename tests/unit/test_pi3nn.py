@@ -1,0 +1,161 @@
+"""PI3NN plug-in: step 4 (bisection) hits the target count exactly, coverage on a problem with known
+quantiles, the three phases (and resuming inside the second one), the OOD initialisation, bad input."""
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orbit.config import load_config
+from orbit.plugins.pi3nn.data import heteroscedastic, read_table, true_interval
+from orbit.plugins.pi3nn.intervals import IntervalCalibrator, bisect_scale, check_confidence, picp, target_count
+from orbit.plugins.pi3nn.model import PI3NN, PI3NNConfig
+from orbit.plugins.pi3nn.task import lower_loss, upper_loss
+from orbit.run.runner import run_training
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "plugins" / "pi3nn" / "tiny.yaml"
+GAMMAS = (0.5, 0.683, 0.8, 0.9, 0.95, 0.99)
+
+
+@pytest.mark.parametrize("n", [57, 1000, 4001])
+def test_bisection_puts_exactly_the_target_count_outside_for_every_gamma(n):
+    rng = np.random.default_rng(n)
+    f = rng.normal(size=n)
+    y = f + rng.standard_t(3, size=n) * (0.5 + rng.uniform(size=n))
+    u, l = rng.uniform(0.2, 2.0, size=n), rng.uniform(0.2, 2.0, size=n)
+    cal = IntervalCalibrator(y, f, u, l)
+    for gamma in GAMMAS:
+        s = cal.scales(gamma)
+        k = int(np.floor(n * (1 - gamma) / 2 + 1e-9))
+        lower, upper = cal.bounds(f, u, l, gamma)
+        assert s.target == k == target_count(n, gamma)
+        assert int((y > upper).sum()) == k and int((y < lower).sum()) == k, (gamma, s)
+        assert s.exact
+        assert picp(y, lower, upper) == pytest.approx(1 - 2 * k / n)
+    # a wider gamma never gives a narrower interval (no crossing)
+    widths = [cal.width(u, l, g) for g in GAMMAS]
+    assert all((b >= a).all() for a, b in zip(widths, widths[1:]))
+
+
+def test_bisection_with_ties_keeps_at_most_the_target_outside():
+    ratio = np.array([0.0] * 5 + [1.0] * 5 + [2.0] * 5)
+    alpha, count = bisect_scale(ratio, 3)  # 5 tied points jump over 3
+    assert count <= 3 and (ratio > alpha).sum() == count
+
+
+def test_confidence_score_is_one_in_distribution_and_falls_with_width():
+    rng = np.random.default_rng(0)
+    n = 500
+    f, y = np.zeros(n), rng.normal(size=n)
+    cal = IntervalCalibrator(y, f, np.ones(n), np.ones(n))
+    score = cal.confidence_score(np.array([1.0, 2.0, 10.0]), np.array([1.0, 2.0, 10.0]), 0.95)
+    np.testing.assert_allclose(score, [1.0, 0.5, 0.1])
+
+
+def _run(tmp_path, name, *overrides):
+    cfg = load_config(TINY, ["train.log_every=1", *overrides])
+    return run_training(cfg, tmp_path / name)
+
+
+def test_coverage_on_a_heteroscedastic_problem_with_known_quantiles(tmp_path):
+    summary = _run(tmp_path, "run", "data.n_samples=5000", "data.test_fraction=0.3", "train.max_steps=500",
+                   "options.bound_steps=500", "train.log_every=100", "train.ckpt_every=2000")
+    sc = summary["scalars"]
+    n_test = summary["rows"]["test"]
+    assert n_test == 1500
+    sigma = np.sqrt(0.95 * 0.05 / n_test)
+    assert abs(sc["test_picp"] - 0.95) < 3 * sigma + 0.01, sc
+    # every gamma of the calibration curve, from the same three networks
+    for row in summary["calibration"]["test"]:
+        g = row["gamma"]
+        assert abs(row["picp"] - g) < 3 * np.sqrt(g * (1 - g) / n_test) + 0.02, row
+    # the interval is about as wide as the true 95% interval (known noise), not trivially wide
+    x, y = heteroscedastic(5000, 0)
+    lo, hi = true_interval(x, 0.95)
+    true_mpiw = float(np.mean(hi - lo) / np.ptp(y))
+    assert 0.8 * true_mpiw < sc["test_mpiw"] < 1.3 * true_mpiw, (sc["test_mpiw"], true_mpiw)
+    assert sc["train_above"] == sc["train_below"] == sc["train_target_outside"]
+    run = tmp_path / "run"
+    assert (run / "pi3nn_report.md").is_file() and (run / "pi3nn_calibration.png").is_file()
+
+
+def _losses(run_dir):
+    with open(run_dir / "metrics.csv") as handle:
+        return {int(r["step"]): (r["phase"], float(r["loss"])) for r in csv.DictReader(handle)}
+
+
+def test_resume_inside_the_upper_phase_equals_the_uninterrupted_run(tmp_path):
+    steps = ["train.max_steps=30", "options.bound_steps=30", "train.ckpt_every=10", "train.keep_last=20",
+             "data.n_samples=400"]
+    full = _run(tmp_path, "full", *steps)
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000040", resumed_dir / "step_00000040")
+    cfg = load_config(TINY, ["train.log_every=1", *steps])
+    resumed = run_training(cfg, tmp_path / "resumed", resume="auto")
+    assert resumed["scalars"] == full["scalars"]
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "resumed")
+    assert min(b) == 41 and {s: a[s] for s in b} == b
+    assert a[40][0] == "upper" and a[61][0] == "lower"
+
+
+def test_phase_losses_train_only_their_network_and_only_their_side():
+    torch.manual_seed(0)
+    model = PI3NN(PI3NNConfig(in_features=2, hidden=[8]))
+    x, y = torch.randn(32, 2), torch.randn(32)
+    out = model(x)
+    assert out.shape == (32, 3) and (out[:, 1:] > 0).all()
+    upper_loss(out, (x, y)).backward()
+    untouched = [*model.mean.parameters(), *model.lower.parameters()]
+    assert all(p.grad is None or not p.grad.any() for p in untouched)
+    assert any(p.grad.abs().sum() > 0 for p in model.upper.parameters())
+    # points below f do not enter the upper loss, points above f do not enter the lower loss
+    f = out[:, 0].detach()
+    above = y >= f
+    manual = ((out[:, 1] - (y - f))[above] ** 2).mean()
+    assert upper_loss(out, (x, y)).item() == pytest.approx(manual.item(), rel=1e-6)
+    manual_low = ((out[:, 2] - (f - y))[~above] ** 2).mean()
+    assert lower_loss(out, (x, y)).item() == pytest.approx(manual_low.item(), rel=1e-6)
+
+
+def test_ood_initialisation_sets_large_output_biases_and_can_be_switched_off():
+    on = PI3NN(PI3NNConfig(in_features=3, ood_bias=10.0))
+    off = PI3NN(PI3NNConfig(in_features=3, ood_init=False))
+    assert on.upper[-1].bias.item() == on.lower[-1].bias.item() == 10.0
+    assert abs(off.upper[-1].bias.item()) < 1.0
+    assert (on(torch.zeros(4, 3))[:, 1:] > 5).all()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 1.5, -0.2, "high"])
+def test_confidence_outside_the_open_unit_interval_is_refused(gamma):
+    with pytest.raises(ValueError, match=r"\(0, 1\)") as err:
+        check_confidence(gamma)
+    assert repr(gamma) in str(err.value)
+    with pytest.raises(ValueError, match="options.confidence"):
+        load_config(TINY, [f"options.confidence={gamma}"])
+
+
+def _write(path, header, rows):
+    path.write_text(",".join(header) + "\n" + "".join(",".join(str(v) for v in r) + "\n" for r in rows))
+    return path
+
+
+def test_bad_tables_are_refused_with_what_is_valid(tmp_path):
+    rows = [[i, i * 2.0, float(i % 7)] for i in range(30)]
+    with pytest.raises(ValueError, match="no 'y' column.*x0..x"):
+        read_table(_write(tmp_path / "no_y.csv", ["x0", "x1", "target"], rows))
+    nan_rows = [list(r) for r in rows]
+    nan_rows[4][1] = "nan"
+    nan_rows[9][2] = ""
+    with pytest.raises(ValueError, match=r"2 row\(s\) hold NaN.*lines 6, 11"):
+        read_table(_write(tmp_path / "nan.csv", ["x0", "x1", "y"], nan_rows))
+    const = [[i, i * 2.0, 3.5] for i in range(30)]
+    with pytest.raises(ValueError, match="constant.*3.5"):
+        read_table(_write(tmp_path / "const.csv", ["x0", "x1", "y"], const))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_table(tmp_path / "missing.csv")
+    x, y = read_table(_write(tmp_path / "ok.csv", ["x0", "x1", "y"], rows))
+    assert x.shape == (30, 2) and y.shape == (30,)
