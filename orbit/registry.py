@@ -12,6 +12,7 @@ This module imports nothing of orbit at import time, so config, tasks and plug-i
 from __future__ import annotations
 
 import importlib
+import logging
 import importlib.metadata
 import pkgutil
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class TaskEntry:
 
 
 TASKS: dict[str, TaskEntry] = {}
+BROKEN_PLUGINS: dict[str, str] = {}  # plug-in module -> why it failed to import
 _loaded = False
 
 
@@ -55,23 +57,32 @@ def register_task(name: str, *, model: type | None = None, data: type | None = N
 
 def load_plugins() -> None:
     """Import the ORBIT tasks, every package under `orbit/plugins/` and the `orbit.plugins` entry
-    points, once, so that everything they define is registered."""
+    points, once, so that everything they define is registered.
+
+    A plug-in that fails to import does not stop runs of the other tasks: it is logged, recorded in
+    `BROKEN_PLUGINS` and named when its task is asked for."""
     global _loaded
     if _loaded:
         return
     _loaded = True
     importlib.import_module("orbit.tasks")
     plugins = importlib.import_module("orbit.plugins")
-    for module in pkgutil.iter_modules(plugins.__path__, prefix="orbit.plugins."):
-        importlib.import_module(module.name)
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        importlib.import_module(entry_point.value)
+    names = [module.name for module in pkgutil.iter_modules(plugins.__path__, prefix="orbit.plugins.")]
+    names += [entry_point.value for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001  (any error inside a plug-in's import)
+            BROKEN_PLUGINS[name] = f"{type(error).__name__}: {error}"
+            logging.getLogger("orbit").warning("plug-in %s failed to import and is skipped: %s", name,
+                                               BROKEN_PLUGINS[name])
 
 
 def get_task(name: str) -> TaskEntry:
     load_plugins()
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
+        broken = "".join(f"; plug-in {module} failed to import ({why})" for module, why in BROKEN_PLUGINS.items())
+        raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}{broken}")
     return TASKS[name]
 
 

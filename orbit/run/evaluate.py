@@ -15,6 +15,7 @@ import xarray as xr
 from orbit.atomic import write_atomically
 from orbit.config import load_config
 from orbit.parallel.checkpoint import is_complete
+from orbit.parallel.mesh import parallel_dims_from
 from orbit.parallel.env import init_distributed
 from orbit.registry import build_task
 from orbit.run.runner import engine_builder
@@ -47,6 +48,16 @@ def write_predictions(dataset: xr.Dataset, path: Path) -> Path:
     return write_atomically(path, dataset.to_netcdf, overwrite=True)
 
 
+def _fit_layout_to_launch(parallel, world_size: int) -> None:
+    """Score on the run's layout when this launch can hold it; else on pure data parallelism (weights
+    reshard on load, so a run trained on 8 ranks is scored on 1 without naming its degrees again)."""
+    try:
+        parallel_dims_from(parallel, world_size)
+    except ValueError as error:
+        log.info("the run's layout does not fit %d process(es) (%s): evaluating data parallel", world_size, error)
+        parallel.dp_replicate, parallel.dp_shard, parallel.sp, parallel.tp, parallel.pp = 1, -1, 1, 1, 1
+
+
 def run_evaluation(run_dir: str | Path, checkpoint: str | Path | None = None, out_dir: str | Path | None = None,
                    fmt: str = "zarr", overrides: list[str] | None = None) -> dict[str, Any]:
     """Evaluate `run_dir`'s checkpoint; writes evaluation.json, the task's report and predictions."""
@@ -69,6 +80,7 @@ def run_evaluation(run_dir: str | Path, checkpoint: str | Path | None = None, ou
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "evaluation"
     launch = init_distributed(cfg.parallel.timeout_s)
     is_main = launch.rank == 0
+    _fit_layout_to_launch(cfg.parallel, launch.world_size)
     task = build_task(cfg)
     engine = engine_builder(cfg, launch.device, activation_checkpointing=False)(task.build_model(), loss_fn=task.loss)
     step = engine.load_weights(path)["step"]

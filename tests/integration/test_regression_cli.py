@@ -45,7 +45,7 @@ def test_fsdp_on_two_ranks_matches_one_process_and_evaluates(tmp_path):
         assert par_norm[step] == pytest.approx(ref_norm[step], rel=RTOL), step
 
     # the two-rank checkpoint scored on one process gives the scores the run logged at its end
-    done = _orbit(["evaluate", "--run-dir", str(fsdp), "parallel.dp_shard=-1"])
+    done = _orbit(["evaluate", "--run-dir", str(fsdp)])  # trained on 2 ranks, scored on 1
     assert done.returncode == 0, done.stderr[-4000:]
     logged = json.loads((fsdp / "summary.json").read_text())["scalars"]
     scored = json.loads((fsdp / "evaluation" / "evaluation.json").read_text())["scalars"]

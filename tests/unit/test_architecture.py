@@ -52,3 +52,13 @@ def test_models_reach_the_engine_only_through_their_plans():
     assert not _violations(architecture, ("orbit.parallel", "orbit.data", "orbit.train", "orbit.tasks"))
     plans = list(PACKAGE.glob("models/**/*_parallel.py"))
     assert plans and not _violations(plans, ("orbit.data", "orbit.train", "orbit.tasks"))
+
+
+def test_a_broken_plugin_is_named_but_does_not_stop_other_tasks(monkeypatch):
+    from orbit import registry
+
+    monkeypatch.setattr(registry, "BROKEN_PLUGINS", {"orbit.plugins.broken": "ImportError: no module named x"})
+    assert registry.get_task("pretrain").name == "pretrain"
+    with pytest.raises(ValueError, match=r"unknown task 'brokn'.*plug-in orbit.plugins.broken failed to import "
+                                         r"\(ImportError: no module named x\)"):
+        registry.get_task("brokn")
