@@ -10,9 +10,9 @@ from torch import nn
 
 from orbit.config import TrainConfig
 from orbit.train import checkpoint as ckpt
-from orbit.train.logging import RunLogger
 from orbit.train.task import Phase, Task
 from orbit.train.trainer import Trainer
+from trainer_runs import fit
 
 
 class Batches:
@@ -86,15 +86,7 @@ class MeanThenSpread(Task):
 
 def _train(run_dir, task=None, resume_from=None):
     cfg = TrainConfig(max_steps=1, lr=1e-2, warmup_steps=2, log_every=1, ckpt_every=3, keep_last=10)
-    trainer = Trainer(task or MeanThenSpread(), cfg, run_dir)
-    if resume_from:
-        trainer.load(resume_from)
-    logger = RunLogger(run_dir, resumed_step=trainer.state.step, total_steps=trainer.total_steps)
-    try:
-        results = trainer.fit(logger)
-    finally:
-        logger.close()
-    return trainer, results
+    return fit(task or MeanThenSpread(), cfg, run_dir, resume_from)
 
 
 def _rows(run_dir):

@@ -18,6 +18,7 @@ from orbit.parallel.engine import LocalEngine
 from orbit.train.signals import PREEMPTED_EXIT_CODE, Preempted
 from orbit.train.task import Task
 from orbit.train.trainer import NonFiniteError, Trainer
+from trainer_runs import fit
 
 
 class ShuffledBatches:
@@ -86,15 +87,7 @@ class RegressionTask(Task):
 def _train(run_dir, max_steps, resume_from=None, task=None, **kw):
     cfg = TrainConfig(**{"max_steps": max_steps, "lr": 1e-2, "warmup_steps": 3, "log_every": 1, "ckpt_every": 5,
                          "keep_last": 2, **kw})
-    trainer = Trainer(task or RegressionTask(), cfg, run_dir)
-    if resume_from:
-        trainer.load(resume_from)
-    logger = RunLogger(run_dir, resumed_step=trainer.state.step, total_steps=max_steps)
-    try:
-        results = trainer.fit(logger)
-    finally:
-        logger.close()
-    return trainer, results
+    return fit(task or RegressionTask(), cfg, run_dir, resume_from)
 
 
 def _losses(run_dir):
