@@ -89,10 +89,6 @@ class DownscaleViT(nn.Module):
     the shapes of `OrbitViT`'s, so they load from a pretrained ORBIT checkpoint of the same width.
     """
 
-    BACKBONE_MODULES: tuple[str, ...] = ("blocks",)
-    # the grid-specific parts, trained even under `finetune.freeze: all_but_head`
-    HEAD_MODULES: tuple[str, ...] = ("embed", "head", "refine")
-
     def __init__(self, config: OrbitConfig, scale: int, num_statics: int, head_features: int = 32,
                  refine_hidden: int = 48):
         super().__init__()

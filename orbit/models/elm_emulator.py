@@ -96,8 +96,6 @@ class ElmSpinupEmulator(nn.Module):
     the encoders, `modality_embed`, `summary_token` and `head` are new (finetune.replace).
     """
 
-    BACKBONE_MODULES: tuple[str, ...] = ("blocks",)
-    HEAD_MODULES: tuple[str, ...] = ("norm", "head")
     NEW_MODULES: tuple[str, ...] = ("forcing_encoder", "static_encoder", "spatial_encoder", "modality_embed",
                                     "summary_token", "head")
 

@@ -27,6 +27,9 @@ def _elm_example():
     return ElmSpinupEmulator(config), (torch.randn(2, 12, 3), torch.randn(2, 4), torch.randn(2, 2, 3, 3))
 
 
-register_family("orbit_vit", OrbitViT, ORBIT_VIT_PLAN, example=_orbit_vit_example)
-register_family("downscale_vit", DownscaleViT, vit_blocks_plan("downscale_vit"), example=_downscale_example)
-register_family("elm_emulator", ElmSpinupEmulator, vit_blocks_plan("elm_emulator"), example=_elm_example)
+register_family("orbit_vit", OrbitViT, ORBIT_VIT_PLAN, example=_orbit_vit_example,
+                backbone=("blocks",), head=("norm", "head"))
+register_family("downscale_vit", DownscaleViT, vit_blocks_plan("downscale_vit"), example=_downscale_example,
+                backbone=("blocks",), head=("embed", "head", "refine"))
+register_family("elm_emulator", ElmSpinupEmulator, vit_blocks_plan("elm_emulator"), example=_elm_example,
+                backbone=("blocks",), head=("norm", "head"))

@@ -18,12 +18,9 @@ class OrbitViT(nn.Module):
       `self.blocks`: nn.ModuleList of identical `Block`s, tokens (B, L, D) -> (B, L, D)
       `forward_head(tokens)` -> (B, V_out, H, W)                       (final norm, linear, unpatchify)
 
-    Fine-tuning names its parts: `BACKBONE_MODULES` are frozen by `finetune.freeze: backbone`, and
-    everything but `HEAD_MODULES` by `all_but_head` (subclasses with other heads redefine them).
+    Its fine-tuning parts (backbone `blocks`, head `norm` + `head`) are registered with the family
+    (orbit/models/families.py).
     """
-
-    BACKBONE_MODULES: tuple[str, ...] = ("blocks",)
-    HEAD_MODULES: tuple[str, ...] = ("norm", "head")
 
     def __init__(self, config: OrbitConfig):
         super().__init__()

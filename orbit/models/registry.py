@@ -58,24 +58,29 @@ def create_model(name: str, **overrides: Any) -> OrbitViT:
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """`example()` -> (a tiny model, a batch of its inputs): what the tests run over every family."""
+    """`example()` -> (a tiny model, a batch of its inputs): what the tests run over every family.
+    `backbone` / `head`: module-name prefixes that fine-tuning freezes (`finetune.freeze: backbone`)
+    or keeps training (`all_but_head`)."""
 
     name: str
     model_class: type[nn.Module]
     plan: Any = None  # a ParallelPlan, or None: data parallelism only
     example: Callable[[], tuple[nn.Module, tuple]] | None = None
+    backbone: tuple[str, ...] = ()
+    head: tuple[str, ...] = ()
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
 def register_family(name: str, model_class: type[nn.Module], plan: Any = None,
-                    example: Callable[[], tuple[nn.Module, tuple]] | None = None) -> ModelFamily:
-    """Register `model_class` (and its subclasses) as the family `name` with its parallel plan and a
-    tiny example (model, inputs) for the tests."""
+                    example: Callable[[], tuple[nn.Module, tuple]] | None = None,
+                    backbone: tuple[str, ...] = (), head: tuple[str, ...] = ()) -> ModelFamily:
+    """Register `model_class` (and its subclasses) as the family `name` with its parallel plan, a
+    tiny example (model, inputs) for the tests and its fine-tuning parts."""
     if name in _FAMILIES:
         raise ValueError(f"model family {name!r} is already registered (by {_FAMILIES[name].model_class.__name__})")
-    family = ModelFamily(name, model_class, plan, example)
+    family = ModelFamily(name, model_class, plan, example, tuple(backbone), tuple(head))
     _FAMILIES[name] = family
     return family
 

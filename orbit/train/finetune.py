@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from orbit.models.registry import family_of
 from orbit.parallel.checkpoint import consolidate, is_complete
 from orbit.train.logging import log
 
@@ -72,14 +73,19 @@ def load_pretrained(model: nn.Module, path: str | Path, replace: list[str]) -> d
 def freeze(model: nn.Module, policy: str) -> list[str]:
     """Turn off gradients by `policy` ("none", "backbone", "all_but_head"); returns the frozen names.
 
-    The model names its parts with `BACKBONE_MODULES` and `HEAD_MODULES` (module-name prefixes).
+    The model's family names its parts (`register_family(..., backbone=..., head=...)`).
     """
     if policy == "none":
         return []
+    family = family_of(model)
+    parts = family.backbone if policy == "backbone" else family.head
+    if policy in ("backbone", "all_but_head") and not parts:
+        raise ValueError(f"finetune.freeze={policy!r} needs the {'backbone' if policy == 'backbone' else 'head'} "
+                         f"modules of model family {family.name!r}, which registers none; use finetune.freeze=none")
     if policy == "backbone":
-        frozen = lambda name: _under(name, model.BACKBONE_MODULES)  # noqa: E731
+        frozen = lambda name: _under(name, family.backbone)  # noqa: E731
     elif policy == "all_but_head":
-        frozen = lambda name: not _under(name, model.HEAD_MODULES)  # noqa: E731
+        frozen = lambda name: not _under(name, family.head)  # noqa: E731
     else:
         raise ValueError(f"finetune.freeze={policy!r} is not valid; use none, backbone or all_but_head")
     names = [name for name, param in model.named_parameters() if frozen(name)]
