@@ -29,7 +29,7 @@ setup(
                 "mpi4py>=3.1", "mpich"],
         "mpi": ["mpi4py>=3.1"],
         "deepspeed": ["deepspeed>=0.14"],
-        "uq": ["emcee>=3"],
+        "uq": ["emcee>=3", "mapie>=1.0", "scikit-learn>=1.4"],
         "hydro": ["captum>=0.7", "shap>=0.44"],
     },
     entry_points={"console_scripts": ["orbit=orbit.cli:main"]},

@@ -132,6 +132,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_uq_benchmark(args) -> int:
+    from orbit.plugins.pi3nn.benchmark import main as uq_benchmark
+
+    return uq_benchmark(args)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -252,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="path prefix of the .md and .png written")
     bench.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     bench.set_defaults(func=cmd_bench)
+
+    uq = sub.add_parser("uq", help="uncertainty quantification").add_subparsers(dest="uq_command", required=True)
+    uqb = uq.add_parser("benchmark", help="PI3NN beside ensembles, MC dropout, GP, BNN, conformal on the same splits")
+    uqb.add_argument("--csv", default=None, help="table with header x0..x{d-1},y")
+    uqb.add_argument("--suite", default=None, choices=["uci", "ood"], help="the six shared UCI sets, or the 10-D cubic OOD case")
+    uqb.add_argument("--datasets", nargs="+", default=None, help="with --suite uci: a subset of the six sets")
+    uqb.add_argument("--data-root", type=Path, default=None, help="directory of the UCI CSVs (default ../shared/data/uci)")
+    uqb.add_argument("--confidence", type=float, default=0.95, help="gamma in (0, 1)")
+    uqb.add_argument("--splits", type=int, default=5, help="random 90/10 train/test splits")
+    uqb.add_argument("--seeds", type=int, default=1, help="model seeds per split")
+    uqb.add_argument("--steps", type=int, default=1500, help="optimizer steps per network")
+    uqb.add_argument("--methods", nargs="+", default=None, help="default: all")
+    uqb.add_argument("--run-dir", type=Path, required=True)
+    uqb.set_defaults(func=cmd_uq_benchmark)
     return parser
 
 

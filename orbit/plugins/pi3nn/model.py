@@ -1,7 +1,8 @@
 """`PI3NN`: three MLPs `mean` (f), `upper` (u) and `lower` (l), the model family "pi3nn".
 
 `forward(x)` returns one tensor (B, 3): columns f(x), u(x), l(x), with u, l > 0 (the paper's
-sqrt(z**2) output transform, with a small eps for a finite gradient at z = 0). The output biases of u
+sqrt(z**2) output transform, with eps = 0.01: a floor of 0.1 standardised units, because with u ~ 0
+where z crosses zero a single training ratio (y - f) / u can set alpha for every input). The output biases of u
 and l start at `ood_bias` (UQnet's OOD experiment uses 10.0) when `ood_init` is on: training on the
 residuals pulls them down only where there are data, so u and l stay large away from the data and the
 interval widens there. Data parallelism only (no parallel plan).
@@ -26,7 +27,7 @@ class PI3NNConfig:
     activation: str = "relu"
     ood_init: bool = True
     ood_bias: float = 10.0
-    eps: float = 1e-6  # u = sqrt(z^2 + eps)
+    eps: float = 1e-2  # u = sqrt(z^2 + eps) >= 0.1 in standardised units: (y - f) / u stays bounded
 
     def __post_init__(self) -> None:
         hidden = list(self.hidden) + list(self.bound_hidden or [])

@@ -1,0 +1,273 @@
+"""`orbit uq benchmark`: PI3NN beside the field's interval methods (`methods.py`) on the same splits.
+
+Protocol (UCI regression, as in the PI3NN paper and its predecessors): for split s = 0..S-1 a seeded
+random 90/10 train/test split of the rows; 10% of the training rows are held out as the validation
+part (early stopping of every network, the conformal methods' calibration set); x and y standardised
+with the training part's statistics only; for seed k = 0..K-1 every method is fitted with the seed
+1000 s + k. Scores on the test rows, in y's units: PICP (fraction inside) and MPIW (mean width / range
+of y over the whole table), mean and std over the S*K fits, and the wall time of each fit.
+
+Outputs in the run directory: `summary.json` (per method: picp / mpiw mean and std, wall time, the
+test calibration curve where the method answers any gamma), `runs.json` (every fit), `table.md`,
+`calibration.png`. `--suite uci` does that for the six shared UCI tables (one directory each) and
+writes `uci_table.md` / `uci_table.json`; `--suite ood` runs the paper's 10-D cubic OOD case.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import Standardized, cubic, read_table, split_rows
+from .intervals import CALIBRATION_LEVELS, check_confidence, mpiw, picp
+from .methods import FITTERS, METHODS, Budget, SplitData, fit_ensemble, fit_mc_dropout, fit_pi3nn
+
+UCI_SETS = ("boston", "concrete", "energy", "kin8nm", "wine", "yacht")
+DEFAULT_UCI_ROOT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "uci"
+
+
+def check_methods(methods) -> list[str]:
+    methods = list(methods or METHODS)
+    unknown = [m for m in methods if m not in FITTERS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid methods: {list(METHODS)}")
+    return methods
+
+
+def _split_data(table: Standardized, split) -> SplitData:
+    return SplitData(table.xn[split.train], table.yn[split.train], table.xn[split.val], table.yn[split.val],
+                     table.xn[split.test])
+
+
+def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95, splits: int = 5, seeds: int = 1,
+                  methods=None, budget: Budget | None = None, log=print) -> dict[str, Any]:
+    gamma = check_confidence(confidence, "--confidence")
+    if splits < 1 or seeds < 1:
+        raise ValueError(f"--splits and --seeds must be >= 1, got {splits} and {seeds}")
+    methods, budget = check_methods(methods), budget or Budget()
+    x, y = read_table(csv)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    y_range = float(np.ptp(y))
+    levels = sorted(set(CALIBRATION_LEVELS) | {gamma})
+    runs = []
+    for s in range(splits):
+        split = split_rows(len(y), 0.1, 0.1, seed=s)
+        table = Standardized(x, y, split.train)
+        data = _split_data(table, split)
+        y_test = y[split.test]
+        for k in range(seeds):
+            for method in methods:
+                start = time.perf_counter()
+                fitted = FITTERS[method](data, budget, 1000 * s + k)
+                lower, upper = (a * table.y_std + table.y_mean for a in fitted.interval(gamma))
+                wall = time.perf_counter() - start
+                row = {"method": method, "split": s, "seed": k, "picp": picp(y_test, lower, upper),
+                       "mpiw": mpiw(lower, upper, y_range), "wall_s": wall,
+                       "rmse": float(np.sqrt(np.mean((fitted.mean * table.y_std + table.y_mean - y_test) ** 2)))}
+                if fitted.any_gamma:
+                    curve = []
+                    for g in levels:
+                        lo, hi = (a * table.y_std + table.y_mean for a in fitted.interval(g))
+                        curve.append(picp(y_test, lo, hi))
+                    row["calibration"] = curve
+                runs.append(row)
+                log(f"{Path(csv).stem} split {s} seed {k} {method:10s} PICP {row['picp']:.4f} MPIW "
+                    f"{row['mpiw']:.4f} ({wall:.1f} s)")
+    summary = {"csv": str(csv), "rows": int(len(y)), "features": int(x.shape[1]), "confidence": gamma,
+               "splits": splits, "seeds": seeds, "budget": budget.__dict__, "calibration_levels": levels,
+               "methods": {}}
+    for method in methods:
+        rows = [r for r in runs if r["method"] == method]
+        entry = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
+                 for key in ("picp", "mpiw", "rmse")}
+        entry["wall_s"] = {"mean": float(np.mean([r["wall_s"] for r in rows])),
+                           "total": float(np.sum([r["wall_s"] for r in rows]))}
+        entry["fits"] = len(rows)
+        if all("calibration" in r for r in rows):
+            entry["calibration"] = np.mean([r["calibration"] for r in rows], axis=0).tolist()
+        summary["methods"][method] = entry
+    (run_dir / "runs.json").write_text(json.dumps(runs, indent=1))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / "table.md").write_text(format_table(summary))
+    plot_calibration(summary, run_dir / "calibration.png", title=Path(csv).stem)
+    return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    lines = [f"{summary['csv']}: {summary['rows']} rows x {summary['features']} inputs, {summary['splits']} split(s) x "
+             f"{summary['seeds']} seed(s), {summary['confidence']:.0%} intervals", "",
+             "| method | test PICP | test MPIW (/ range y) | test RMSE | wall s / fit |", "|---|---|---|---|---|"]
+    for method, e in summary["methods"].items():
+        lines.append(f"| {method} | {e['picp']['mean']:.3f} ± {e['picp']['std']:.3f} | {e['mpiw']['mean']:.3f} ± "
+                     f"{e['mpiw']['std']:.3f} | {e['rmse']['mean']:.3f} | {e['wall_s']['mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_calibration(summary: dict[str, Any], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = summary["calibration_levels"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0.5, 1.0], [0.5, 1.0], "k:", lw=1, label="ideal")
+    for method, e in summary["methods"].items():
+        if "calibration" in e:
+            ax.plot(levels, e["calibration"], marker="o", ms=3, label=method)
+        else:  # fitted for one gamma only
+            ax.plot([summary["confidence"]], [e["picp"]["mean"]], "s", label=f"{method} (one gamma)")
+    ax.set(xlabel="confidence level gamma", ylabel="test PICP", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_uci_suite(run_dir: str | Path, root: str | Path | None = None, sets=UCI_SETS, **kwargs) -> dict[str, Any]:
+    root = Path(root) if root is not None else DEFAULT_UCI_ROOT
+    run_dir = Path(run_dir)
+    missing = [name for name in sets if not (root / f"{name}.csv").is_file()]
+    if missing:
+        raise FileNotFoundError(f"UCI tables {missing} not found under {str(root)!r} (give --data-root)")
+    results = {name: run_benchmark(root / f"{name}.csv", run_dir / name, **kwargs) for name in sets}
+    (run_dir / "uci_table.json").write_text(json.dumps(results, indent=1))
+    (run_dir / "uci_table.md").write_text(format_suite(results))
+    return results
+
+
+def format_suite(results: dict[str, dict]) -> str:
+    first = next(iter(results.values()))
+    methods = list(first["methods"])
+    gamma = first["confidence"]
+    out = [f"{gamma:.0%} intervals, test PICP and MPIW (/ range of y), mean ± std over {first['splits']} split(s) x "
+           f"{first['seeds']} seed(s); **bold** MPIW: narrowest among the methods whose mean PICP >= {gamma - 0.01:.2f}",
+           ""]
+    for key, label in (("picp", "PICP"), ("mpiw", "MPIW")):
+        out += [f"### {label}", "", "| data | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for name, s in results.items():
+            ok = [m for m in methods if s["methods"][m]["picp"]["mean"] >= gamma - 0.01]
+            best = min(ok, key=lambda m: s["methods"][m]["mpiw"]["mean"]) if ok else None
+            cells = []
+            for m in methods:
+                e = s["methods"][m][key]
+                cell = f"{e['mean']:.3f} ± {e['std']:.3f}"
+                cells.append(f"**{cell}**" if key == "mpiw" and m == best else cell)
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["### wall time per fit (s)", "", "| data | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for name, s in results.items():
+        out.append(f"| {name} | " + " | ".join(f"{s['methods'][m]['wall_s']['mean']:.1f}" for m in methods) + " |")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- OOD
+def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_train: int = 2000, n_test: int = 1000,
+            shift: float = 2.0, budget: Budget | None = None, log=print) -> dict[str, Any]:
+    """The paper's 10-D cubic case: train x ~ N(0, 1), test in distribution and at x ~ N(shift, 1).
+    Per method: mean 95% width in distribution and out of it, their ratio, and the mean confidence
+    score min(w_ref / w(x), 1) (PI3NN: w_ref = mean training width; the others: mean ID test width)."""
+    gamma = check_confidence(confidence, "--confidence")
+    budget = budget or Budget()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fits = {"pi3nn (OOD init)": lambda d, b, s: fit_pi3nn(d, b, s, ood_init=True),
+            "pi3nn (no OOD init)": lambda d, b, s: fit_pi3nn(d, b, s, ood_init=False),
+            "ensemble": fit_ensemble, "mc_dropout": fit_mc_dropout}
+    rows, distance_plot = [], {}
+    for k in range(seeds):
+        x, y = cubic(n_train + n_train // 9, seed=k)
+        xi, _ = cubic(n_test, seed=1000 + k)
+        xo, _ = cubic(n_test, seed=2000 + k, shift=shift)
+        train_rows, val_rows = np.arange(n_train), np.arange(n_train, len(y))
+        table = Standardized(x, y, train_rows)
+        data = SplitData(table.xn[train_rows], table.yn[train_rows], table.xn[val_rows], table.yn[val_rows],
+                         np.concatenate([table.scale_x(xi), table.scale_x(xo)]))
+        for name, fit in fits.items():
+            start = time.perf_counter()
+            fitted = fit(data, budget, 1000 + k)
+            lower, upper = fitted.interval(gamma)
+            width = (upper - lower) * table.y_std
+            w_id, w_ood = width[:n_test], width[n_test:]
+            if fitted.extra and "calibrator" in fitted.extra:
+                cal, model = fitted.extra["calibrator"], fitted.extra["model"]
+                import torch
+
+                with torch.no_grad():
+                    out = model(torch.from_numpy(data.x_test)).numpy().astype(np.float64)
+                score = cal.confidence_score(out[:, 1], out[:, 2], gamma)
+            else:
+                score = np.minimum(w_id.mean() / width, 1.0)
+            rows.append({"method": name, "seed": k, "width_id": float(w_id.mean()), "width_ood": float(w_ood.mean()),
+                         "ratio": float(w_ood.mean() / w_id.mean()), "score_id": float(score[:n_test].mean()),
+                         "score_ood": float(score[n_test:].mean()), "wall_s": time.perf_counter() - start})
+            log(f"ood seed {k} {name:20s} width ID {rows[-1]['width_id']:.2f} OOD {rows[-1]['width_ood']:.2f} "
+                f"ratio {rows[-1]['ratio']:.2f} score ID {rows[-1]['score_id']:.3f} OOD {rows[-1]['score_ood']:.3f}")
+            if k == 0:
+                dist = np.linalg.norm(np.concatenate([xi, xo]), axis=1)
+                distance_plot[name] = (dist, width)
+    summary = {"confidence": gamma, "seeds": seeds, "n_train": n_train, "shift": shift, "budget": budget.__dict__,
+               "methods": {}}
+    for name in fits:
+        rs = [r for r in rows if r["method"] == name]
+        summary["methods"][name] = {key: {"mean": float(np.mean([r[key] for r in rs])),
+                                          "std": float(np.std([r[key] for r in rs]))}
+                                    for key in ("width_id", "width_ood", "ratio", "score_id", "score_ood", "wall_s")}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / "runs.json").write_text(json.dumps(rows, indent=1))
+    lines = [f"10-D cubic, train x ~ N(0,1) ({n_train} rows), test ID x ~ N(0,1) and OOD x ~ N({shift},1) "
+             f"({n_test} each), {gamma:.0%} intervals, mean ± std over {seeds} seed(s)", "",
+             "| method | width ID | width OOD | ratio OOD/ID | confidence score ID | confidence score OOD |",
+             "|---|---|---|---|---|---|"]
+    for name, e in summary["methods"].items():
+        lines.append(f"| {name} | {e['width_id']['mean']:.2f} | {e['width_ood']['mean']:.2f} | "
+                     f"{e['ratio']['mean']:.2f} ± {e['ratio']['std']:.2f} | {e['score_id']['mean']:.3f} | "
+                     f"{e['score_ood']['mean']:.3f} |")
+    (run_dir / "table.md").write_text("\n".join(lines) + "\n")
+    _plot_width_vs_distance(distance_plot, run_dir / "width_vs_distance.png")
+    return summary
+
+
+def _plot_width_vs_distance(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, (dist, width) in curves.items():
+        order = np.argsort(dist)
+        bins = np.array_split(order, 20)
+        ax.plot([dist[b].mean() for b in bins], [width[b].mean() for b in bins], marker="o", ms=3, label=name)
+    ax.set(xlabel="|x| (distance from the training mean)", ylabel="95% interval width", yscale="log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    """The `orbit uq benchmark` handler (arguments parsed by orbit/cli.py)."""
+    budget = Budget(steps=args.steps)
+    if (args.csv is None) == (args.suite is None):
+        raise ValueError("give exactly one of --csv FILE or --suite {uci,ood}")
+    run_dir = Path(args.run_dir)
+    if args.suite == "ood":
+        run_ood(run_dir, args.confidence, seeds=args.seeds, budget=budget)
+        print((run_dir / "table.md").read_text())
+    elif args.suite == "uci":
+        sets = args.datasets or UCI_SETS
+        unknown = [s for s in sets if s not in UCI_SETS]
+        if unknown:
+            raise ValueError(f"unknown UCI set(s) {unknown}; valid: {list(UCI_SETS)}")
+        run_uci_suite(run_dir, args.data_root, sets=sets, confidence=args.confidence, splits=args.splits,
+                      seeds=args.seeds, methods=args.methods, budget=budget)
+        print((run_dir / "uci_table.md").read_text())
+    else:
+        run_benchmark(args.csv, run_dir, args.confidence, args.splits, args.seeds, args.methods, budget)
+        print((run_dir / "table.md").read_text())
+    return 0

@@ -1,0 +1,393 @@
+"""The interval methods of `orbit uq benchmark`, all on the same standardised split and with the same
+small budget (`Budget`: hidden width, optimizer steps per network, batch size, learning rate; every
+neural network keeps its best state by the validation loss, checked every `Budget.check_every` steps).
+
+Each `fit_<method>(data, budget, seed)` returns a `Fitted` whose `interval(gamma)` gives (lower, upper)
+on the test inputs (standardised units) for any gamma it supports without retraining:
+
+- pi3nn     PI3NN (this plug-in): the three networks of `model.PI3NN`, step 4 on the training rows
+            (the paper). u, l = sqrt(z^2 + 0.01) >= 0.1: without a floor the ratio (y - f) / u explodes
+            where z crosses zero and one such point sets alpha for every input. u and l train at lr 1e-2
+            so that their output bias comes down from the OOD initialisation (10) within the budget.
+- pi3nn_val the same networks with step 4 on the validation rows: residuals the mean network did not
+            see, so alpha, beta are not fitted to its optimism on the training rows.
+- ensemble  deep ensemble (Lakshminarayanan et al. 2017): 5 MLPs with a Gaussian likelihood (mean and
+            variance heads), the mixture's mean and variance, mean +- z sd.
+- mc_dropout MC dropout (Gal & Ghahramani 2016) with a heteroscedastic Gaussian head (Kendall & Gal
+            2017): dropout 0.1, 100 forward passes; variance = variance of the means + mean variance.
+- gp        exact Gaussian process (scikit-learn): constant * ARD RBF + white noise, marginal likelihood
+            fitted on at most `Budget.gp_max_rows` training rows (a random subset above that).
+- bnn       mean-field variational BNN, Bayes by backprop (Blundell et al. 2015), hand-written (no light
+            library fits): N(0, 1) prior, Gaussian posteriors, learned homoscedastic noise, 100 samples.
+- conformal split conformal (MAPIE SplitConformalRegressor, absolute residual score) around an MLP trained
+            on the training rows, conformalised on the validation rows.
+- cqr       conformalized quantile regression (MAPIE ConformalizedQuantileRegressor) with scikit-learn
+            gradient-boosting quantile regressors (the MAPIE reference setup), conformalised on the
+            validation rows; its quantile models are trained for one gamma (no calibration curve).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from .intervals import IntervalCalibrator
+from .model import PI3NN, PI3NNConfig, mlp
+
+METHODS = ("pi3nn", "pi3nn_val", "ensemble", "mc_dropout", "gp", "bnn", "conformal", "cqr")
+
+
+@dataclass
+class Budget:
+    hidden: int = 64
+    steps: int = 1500  # optimizer steps per network (the ensemble trains 5, PI3NN 3)
+    batch_size: int = 128
+    lr: float = 3e-3
+    check_every: int = 100
+    ensemble_members: int = 5
+    mc_samples: int = 100
+    gp_max_rows: int = 1500
+    ood_init: bool = True
+    ood_bias: float = 10.0
+    bound_lr: float | None = 1e-2  # PI3NN's u and l networks (their output bias must come down from ood_bias)
+    bound_steps: int | None = None  # None: steps
+    bound_eps: float = 1e-2  # u = sqrt(z^2 + eps) >= 0.1 (standardised units)
+    activation: str = "relu"
+    calibrate_on: str = "train"  # PI3NN step 4 on the training rows (the paper) or "val" (held-out residuals)
+
+
+@dataclass
+class SplitData:
+    """Standardised float32 arrays; y 1-D."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+
+
+@dataclass
+class Fitted:
+    interval: Callable[[float], tuple[np.ndarray, np.ndarray]]
+    mean: np.ndarray
+    any_gamma: bool = True  # False: `interval` holds only the gamma it was fitted for
+    extra: dict | None = None
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float32))
+
+
+def train(params, loss_fn, x: np.ndarray, y: np.ndarray, val_loss_fn, budget: Budget, seed: int,
+          modules: list[nn.Module], steps: int | None = None, lr: float | None = None) -> float:
+    """Adam with cosine decay on minibatches of (x, y); restores the state of the best validation loss."""
+    steps, lr = steps or budget.steps, lr or budget.lr
+    g = torch.Generator().manual_seed(seed)
+    xt, yt = _t(x), _t(y)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.01)
+    best, best_state = math.inf, None
+    n = len(xt)
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, n, (min(budget.batch_size, n),), generator=g)
+        for m in modules:
+            m.train()
+        loss = loss_fn(xt[idx], yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % budget.check_every == 0 or step == steps:
+            for m in modules:
+                m.eval()
+            with torch.no_grad():
+                v = float(val_loss_fn())
+            if v < best:
+                best, best_state = v, [copy.deepcopy(m.state_dict()) for m in modules]
+    if best_state is not None:
+        for m, s in zip(modules, best_state):
+            m.load_state_dict(s)
+    for m in modules:
+        m.eval()
+    return best
+
+
+# ----------------------------------------------------------------------------- PI3NN
+def fit_pi3nn(data: SplitData, budget: Budget, seed: int, ood_init: bool | None = None) -> Fitted:
+    torch.manual_seed(seed)
+    model = PI3NN(PI3NNConfig(data.x_train.shape[1], [budget.hidden], activation=budget.activation,
+                              ood_init=budget.ood_init if ood_init is None else ood_init, ood_bias=budget.ood_bias,
+                              eps=budget.bound_eps))
+    xv, yv = _t(data.x_val), _t(data.y_val)
+    mse = lambda xb, yb: ((model.mean(xb)[:, 0] - yb) ** 2).mean()  # noqa: E731
+    train(model.mean.parameters(), mse, data.x_train, data.y_train, lambda: mse(xv, yv), budget, seed, [model.mean])
+    with torch.no_grad():
+        f_train = model.mean(_t(data.x_train))[:, 0].numpy()
+        f_val = model.mean(xv)[:, 0].numpy()
+    scale = 1.0  # u and l learn the residuals in standardised units, as the task does
+    for k, (net, sign) in enumerate(((model.upper, 1.0), (model.lower, -1.0))):
+        r_train, r_val = sign * (data.y_train - f_train) / scale, sign * (data.y_val - f_val) / scale
+
+        def side(xb, rb, net=net):
+            mask = (rb >= 0).float()
+            out = model.positive(net(xb)[:, 0])
+            return (mask * (out - rb) ** 2).sum() / mask.sum().clamp(min=1.0)
+
+        rv = _t(r_val)
+        train(net.parameters(), side, data.x_train, r_train, lambda: side(xv, rv), budget, seed + 1 + k, [net],
+              steps=budget.bound_steps, lr=budget.bound_lr)
+    if budget.calibrate_on not in ("train", "val"):
+        raise ValueError(f"calibrate_on={budget.calibrate_on!r} must be 'train' or 'val'")
+    x_cal, y_cal = (data.x_train, data.y_train) if budget.calibrate_on == "train" else (data.x_val, data.y_val)
+    with torch.no_grad():
+        tr = model(_t(x_cal)).numpy().astype(np.float64)
+        te = model(_t(data.x_test)).numpy().astype(np.float64)
+    cal = IntervalCalibrator(y_cal, tr[:, 0], tr[:, 1], tr[:, 2])
+
+    def interval(gamma):
+        return cal.bounds(te[:, 0], te[:, 1], te[:, 2], gamma)
+
+    return Fitted(interval, te[:, 0], extra={"model": model, "calibrator": cal})
+
+
+# ----------------------------------------------------------------------------- Gaussian heads
+class GaussianMLP(nn.Module):
+    """x -> (mean, variance); optional dropout after every hidden layer."""
+
+    def __init__(self, d: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(d, hidden), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden, 2)
+
+    def forward(self, x):
+        out = self.head(self.body(x))
+        return out[:, 0], nn.functional.softplus(out[:, 1]) + 1e-6
+
+
+def gaussian_nll(model, xb, yb):
+    mean, var = model(xb)
+    return nn.functional.gaussian_nll_loss(mean, yb, var)
+
+
+def _gaussian_fitted(mean: np.ndarray, var: np.ndarray) -> Fitted:
+    sd = np.sqrt(np.maximum(var, 1e-12))
+
+    def interval(gamma):
+        z = norm.ppf(0.5 + gamma / 2)
+        return mean - z * sd, mean + z * sd
+
+    return Fitted(interval, mean, extra={"sd": sd})
+
+
+def fit_ensemble(data: SplitData, budget: Budget, seed: int) -> Fitted:
+    xv, yv, xt = _t(data.x_val), _t(data.y_val), _t(data.x_test)
+    means, variances = [], []
+    for member in range(budget.ensemble_members):
+        torch.manual_seed(seed * 100 + member)
+        net = GaussianMLP(data.x_train.shape[1], budget.hidden)
+        train(net.parameters(), lambda xb, yb, net=net: gaussian_nll(net, xb, yb), data.x_train, data.y_train,
+              lambda net=net: gaussian_nll(net, xv, yv), budget, seed * 100 + member, [net])
+        with torch.no_grad():
+            m, v = net(xt)
+        means.append(m.numpy().astype(np.float64))
+        variances.append(v.numpy().astype(np.float64))
+    means, variances = np.stack(means), np.stack(variances)
+    mean = means.mean(0)
+    return _gaussian_fitted(mean, (variances + means ** 2).mean(0) - mean ** 2)
+
+
+def fit_mc_dropout(data: SplitData, budget: Budget, seed: int, dropout: float = 0.1) -> Fitted:
+    torch.manual_seed(seed)
+    net = GaussianMLP(data.x_train.shape[1], budget.hidden, dropout)
+    xv, yv, xt = _t(data.x_val), _t(data.y_val), _t(data.x_test)
+    train(net.parameters(), lambda xb, yb: gaussian_nll(net, xb, yb), data.x_train, data.y_train,
+          lambda: gaussian_nll(net, xv, yv), budget, seed, [net])
+    net.train()  # dropout on at prediction time
+    torch.manual_seed(seed + 7)
+    with torch.no_grad():
+        draws = [net(xt) for _ in range(budget.mc_samples)]
+    net.eval()
+    means = torch.stack([d[0] for d in draws]).numpy().astype(np.float64)
+    variances = torch.stack([d[1] for d in draws]).numpy().astype(np.float64)
+    return _gaussian_fitted(means.mean(0), means.var(0) + variances.mean(0))
+
+
+# ----------------------------------------------------------------------------- Gaussian process
+def fit_gp(data: SplitData, budget: Budget, seed: int) -> Fitted:
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    x, y = data.x_train, data.y_train
+    if len(x) > budget.gp_max_rows:
+        rows = np.random.default_rng([seed, 5]).choice(len(x), budget.gp_max_rows, replace=False)
+        x, y = x[rows], y[rows]
+    d = x.shape[1]
+    kernel = ConstantKernel(1.0, (1e-2, 1e2)) * RBF(np.ones(d), (1e-2, 1e3)) + WhiteKernel(0.1, (1e-5, 1e1))
+    gp = GaussianProcessRegressor(kernel, normalize_y=False, n_restarts_optimizer=0, random_state=seed)
+    gp.fit(x.astype(np.float64), y.astype(np.float64))
+    mean, sd = gp.predict(data.x_test.astype(np.float64), return_std=True)  # sd includes the white noise
+    return _gaussian_fitted(mean, sd ** 2)
+
+
+# ----------------------------------------------------------------------------- Bayes by backprop
+class BayesLinear(nn.Module):
+    """Mean-field Gaussian weights, reparameterised; KL to a N(0, prior_sd^2) prior in closed form."""
+
+    def __init__(self, n_in: int, n_out: int, prior_sd: float = 1.0):
+        super().__init__()
+        self.w_mu = nn.Parameter(torch.empty(n_out, n_in).uniform_(-1, 1) / math.sqrt(n_in))
+        self.w_rho = nn.Parameter(torch.full((n_out, n_in), -5.0))
+        self.b_mu = nn.Parameter(torch.zeros(n_out))
+        self.b_rho = nn.Parameter(torch.full((n_out,), -5.0))
+        self.prior_sd = prior_sd
+
+    def forward(self, x):
+        w_sd, b_sd = nn.functional.softplus(self.w_rho), nn.functional.softplus(self.b_rho)
+        w = self.w_mu + w_sd * torch.randn_like(w_sd)
+        b = self.b_mu + b_sd * torch.randn_like(b_sd)
+        return nn.functional.linear(x, w, b)
+
+    def kl(self):
+        total = 0.0
+        for mu, rho in ((self.w_mu, self.w_rho), (self.b_mu, self.b_rho)):
+            sd = nn.functional.softplus(rho)
+            total = total + (torch.log(self.prior_sd / sd) + (sd ** 2 + mu ** 2) / (2 * self.prior_sd ** 2) - 0.5).sum()
+        return total
+
+
+class BayesMLP(nn.Module):
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.l1, self.l2, self.out = BayesLinear(d, hidden), BayesLinear(hidden, hidden), BayesLinear(hidden, 1)
+        self.log_noise = nn.Parameter(torch.tensor(-1.0))
+
+    def forward(self, x):
+        return self.out(torch.relu(self.l2(torch.relu(self.l1(x)))))[:, 0]
+
+    def kl(self):
+        return self.l1.kl() + self.l2.kl() + self.out.kl()
+
+
+def fit_bnn(data: SplitData, budget: Budget, seed: int) -> Fitted:
+    torch.manual_seed(seed)
+    net = BayesMLP(data.x_train.shape[1], budget.hidden)
+    n = len(data.x_train)
+    xv, yv, xt = _t(data.x_val), _t(data.y_val), _t(data.x_test)
+
+    def elbo(xb, yb):  # negative ELBO per training point
+        var = torch.exp(2 * net.log_noise).expand_as(yb)
+        return nn.functional.gaussian_nll_loss(net(xb), yb, var, full=True) + net.kl() / n
+
+    def val_nll():
+        torch.manual_seed(seed + 3)
+        preds = torch.stack([net(xv) for _ in range(20)])
+        var = preds.var(0) + torch.exp(2 * net.log_noise)
+        return nn.functional.gaussian_nll_loss(preds.mean(0), yv, var)
+
+    train(net.parameters(), elbo, data.x_train, data.y_train, val_nll, budget, seed, [net])
+    torch.manual_seed(seed + 7)
+    with torch.no_grad():
+        preds = torch.stack([net(xt) for _ in range(budget.mc_samples)]).numpy().astype(np.float64)
+        noise = float(torch.exp(2 * net.log_noise))
+    return _gaussian_fitted(preds.mean(0), preds.var(0) + noise)
+
+
+# ----------------------------------------------------------------------------- conformal (MAPIE)
+class TorchMLPRegressor:
+    """A scikit-learn style regressor (fit / predict) around a ReLU MLP trained with MSE, for MAPIE."""
+
+    def __init__(self, budget: Budget, seed: int, x_val: np.ndarray, y_val: np.ndarray):
+        self.budget, self.seed, self.x_val, self.y_val = budget, seed, x_val, y_val
+
+    def fit(self, x, y):
+        torch.manual_seed(self.seed)
+        self.n_features_in_ = x.shape[1]
+        self.net_ = mlp(x.shape[1], [self.budget.hidden, self.budget.hidden], "relu")
+        xv, yv = _t(self.x_val), _t(self.y_val)
+        mse = lambda xb, yb: ((self.net_(xb)[:, 0] - yb) ** 2).mean()  # noqa: E731
+        train(self.net_.parameters(), mse, x, y, lambda: mse(xv, yv), self.budget, self.seed, [self.net_])
+        return self
+
+    def predict(self, x):
+        with torch.no_grad():
+            return self.net_(_t(x))[:, 0].numpy().astype(np.float64)
+
+    def get_params(self, deep=True):
+        return {"budget": self.budget, "seed": self.seed, "x_val": self.x_val, "y_val": self.y_val}
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "net_")
+
+
+def fit_conformal(data: SplitData, budget: Budget, seed: int) -> Fitted:
+    from mapie.regression import SplitConformalRegressor
+
+    # the MLP keeps its best state by a 10% part of its own training rows, so the validation rows
+    # stay exchangeable with the test rows for the conformal step
+    rows = np.random.default_rng([seed, 9]).permutation(len(data.x_train))
+    n_es = max(1, len(rows) // 10)
+    es, fit_rows = rows[:n_es], rows[n_es:]
+    est = TorchMLPRegressor(budget, seed, data.x_train[es], data.y_train[es]).fit(data.x_train[fit_rows],
+                                                                                data.y_train[fit_rows])
+    mean = est.predict(data.x_test)
+    cache: dict[float, tuple] = {}
+
+    def interval(gamma):
+        if gamma not in cache:
+            scr = SplitConformalRegressor(est, confidence_level=gamma, prefit=True)
+            scr.conformalize(data.x_val, data.y_val)
+            try:
+                _, pis = scr.predict_interval(data.x_test)
+                cache[gamma] = (pis[:, 0, 0].astype(np.float64), pis[:, 1, 0].astype(np.float64))
+            except ValueError:  # fewer calibration rows than 1 / (1 - gamma): the conformal interval is unbounded
+                cache[gamma] = (np.full(len(mean), -np.inf), np.full(len(mean), np.inf))
+        return cache[gamma]
+
+    return Fitted(interval, mean)
+
+
+def fit_cqr(data: SplitData, budget: Budget, seed: int, gamma: float = 0.95) -> Fitted:
+    from mapie.regression import ConformalizedQuantileRegressor
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    est = GradientBoostingRegressor(loss="quantile", n_estimators=100, max_depth=3, learning_rate=0.1,
+                                    random_state=seed)
+    cqr = ConformalizedQuantileRegressor(est, confidence_level=gamma, prefit=False)
+    cqr.fit(data.x_train, data.y_train)
+    cqr.conformalize(data.x_val, data.y_val)
+    try:
+        pred, pis = cqr.predict_interval(data.x_test)
+        lower, upper = pis[:, 0, 0].astype(np.float64), pis[:, 1, 0].astype(np.float64)
+    except ValueError:  # too few calibration rows for this gamma: the conformal interval is unbounded
+        pred = np.zeros(len(data.x_test))  # (the training mean; RMSE of this fit is not meaningful)
+        lower, upper = np.full(len(pred), -np.inf), np.full(len(pred), np.inf)
+
+    def interval(g):
+        if abs(g - gamma) > 1e-12:
+            raise ValueError(f"CQR was fitted for gamma={gamma}; another gamma ({g}) needs new quantile models")
+        return lower, upper
+
+    return Fitted(interval, np.asarray(pred, dtype=np.float64), any_gamma=False)
+
+
+def fit_pi3nn_val(data: SplitData, budget: Budget, seed: int) -> Fitted:
+    """PI3NN with step 4 on the held-out validation rows instead of the training rows."""
+    return fit_pi3nn(data, dataclasses.replace(budget, calibrate_on="val"), seed)
+
+
+FITTERS = {"pi3nn": fit_pi3nn, "pi3nn_val": fit_pi3nn_val, "ensemble": fit_ensemble, "mc_dropout": fit_mc_dropout, "gp": fit_gp,
+           "bnn": fit_bnn, "conformal": fit_conformal, "cqr": fit_cqr}
