@@ -113,8 +113,9 @@ class Trainer:
         trained = [p for part in parts for name, p in part.named_parameters()
                    if phase.trains(name.replace("_checkpoint_wrapped_module.", ""))]
         if not trained:
+            top_level = sorted({name.split(".")[0] for part in parts for name, _ in part.named_parameters()})
             raise ValueError(f"phase {phase.name!r} trains modules {list(phase.modules)}, which hold no parameters "
-                             f"of this model (top-level modules: {sorted({n.split('.')[0] for part in parts for n, _ in part.named_parameters()})})")
+                             f"of this model (top-level modules: {top_level})")
         return build_optimizer(trained, cfg.lr if phase.lr is None else phase.lr,
                                cfg.weight_decay if phase.weight_decay is None else phase.weight_decay,
                                tuple(cfg.betas))

@@ -123,7 +123,7 @@ def train(params, loss_fn, x: np.ndarray, y: np.ndarray, val_loss_fn, budget: Bu
 # ----------------------------------------------------------------------------- PI3NN
 def fit_pi3nn(data: SplitData, budget: Budget, seed: int, ood_init: bool | None = None) -> Fitted:
     torch.manual_seed(seed)
-    model = PI3NN(PI3NNConfig(data.x_train.shape[1], [budget.hidden], activation=budget.activation,
+    model = PI3NN(PI3NNConfig(data.x_train.shape[1], [budget.hidden, budget.hidden], activation=budget.activation,
                               ood_init=budget.ood_init if ood_init is None else ood_init, ood_bias=budget.ood_bias,
                               eps=budget.bound_eps))
     xv, yv = _t(data.x_val), _t(data.y_val)
