@@ -138,6 +138,12 @@ def test_confidence_outside_the_open_unit_interval_is_refused(gamma):
         load_config(TINY, [f"options.confidence={gamma}"])
 
 
+def test_calibration_set_must_be_train_or_val():
+    with pytest.raises(ValueError, match="'test'.*'train'.*'val'"):
+        load_config(TINY, ["options.calibrate_on=test"])
+    assert load_config(TINY, ["options.calibrate_on=val"]).options.calibrate_on == "val"
+
+
 def _write(path, header, rows):
     path.write_text(",".join(header) + "\n" + "".join(",".join(str(v) for v in r) + "\n" for r in rows))
     return path

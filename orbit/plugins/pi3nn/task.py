@@ -6,7 +6,8 @@ Phases (`Task.phases`), each with its own AdamW over one network, checkpointed a
   2. "upper" (module `upper`, `options.bound_steps`): MSE of u(x) against y - f(x) on the batch's points
      with y >= f(x), f taken from the model output itself and detached;
   3. "lower" (module `lower`, `options.bound_steps`): MSE of l(x) against f(x) - y on the points with y < f(x).
-Evaluation (step 4): alpha, beta by bisection on the training rows for `options.confidence`, then test
+Evaluation (step 4): alpha, beta by bisection on the training rows (`options.calibrate_on: val`: on the
+validation rows) for `options.confidence`, then test
 and validation PICP / MPIW, a calibration curve (PICP against gamma 0.5..0.99, no retraining) and the
 per-input confidence score min(mean training width / width(x), 1). Units: the networks see x and y
 standardised with training-row statistics; intervals are reported in y's units.
@@ -75,9 +76,12 @@ class PI3NNOptions:
     bound_steps: int = 0  # steps of the upper and of the lower phase; 0: train.max_steps
     bound_lr: float | None = None  # None: train.lr
     calibration_levels: list[float] = field(default_factory=lambda: list(CALIBRATION_LEVELS))
+    calibrate_on: str = "train"  # step 4 on the training rows (the paper) or "val" (residuals f did not see)
 
     def validate(self) -> None:
         check_confidence(self.confidence, "options.confidence")
+        if self.calibrate_on not in ("train", "val"):
+            raise ValueError(f"options.calibrate_on={self.calibrate_on!r} must be 'train' (the paper) or 'val'")
         for gamma in self.calibration_levels:
             check_confidence(gamma, "options.calibration_levels entry")
         if self.bound_steps < 0:
@@ -175,8 +179,9 @@ class PI3NNTask(Task):
         return np.concatenate(out).astype(np.float64)
 
     def calibrator(self, engine) -> IntervalCalibrator:
-        f, u, l = self.network_outputs(engine, self.split.train).T
-        return IntervalCalibrator(self.table.yn[self.split.train], f, u, l)
+        rows = self.split.train if self.options.calibrate_on == "train" else self.split.val
+        f, u, l = self.network_outputs(engine, rows).T
+        return IntervalCalibrator(self.table.yn[rows], f, u, l)
 
     def intervals(self, engine, calibrator: IntervalCalibrator, rows: np.ndarray, gamma: float):
         """(prediction, lower, upper, confidence score) in y's units."""
@@ -192,7 +197,7 @@ class PI3NNTask(Task):
         s = cal.scales(gamma)
         scalars: dict[str, float] = {"alpha": s.alpha, "beta": s.beta, "train_above": s.above,
                                      "train_below": s.below, "train_target_outside": s.target,
-                                     "train_picp": 1.0 - (s.above + s.below) / s.n}
+                                     "calibration_picp": 1.0 - (s.above + s.below) / s.n}
         curves = {}
         for part, rows in (("val", self.split.val), ("test", self.split.test)):
             pred, lower, upper, score = self.intervals(engine, cal, rows, gamma)
