@@ -252,3 +252,22 @@ def test_nonfinite_gradient_found_after_the_engine_stepped_still_stops(tmp_path)
     with pytest.raises(NonFiniteError, match="gradient norm is nan at step 2; the update was already applied"):
         trainer.fit(logger)
     logger.close()
+
+
+class CountedFlopsTask(RegressionTask):
+    def train_flops_per_sample(self):
+        return 3 * 2 * (8 * 32 + 32)  # fwd + bwd of the two linear layers
+
+
+def test_log_rows_report_throughput_mfu_memory_and_data_wait(tmp_path):
+    _train(tmp_path, 4, task=CountedFlopsTask(), peak_tflops=0.1)
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        tflops, mfu = float(row["tflops_per_device"]), float(row["mfu"])
+        assert tflops > 0 and mfu == pytest.approx(tflops / 0.1)
+        assert float(row["samples_per_s"]) > 0 and float(row["peak_memory_gb"]) > 0
+        assert 0 <= float(row["data_wait_frac"]) <= 1
+    _train(tmp_path / "no_flops", 2)  # a task that states no FLOPs logs no TFLOP/s or MFU
+    with open(tmp_path / "no_flops" / "metrics.csv") as handle:
+        assert all(row["tflops_per_device"] == row["mfu"] == "" for row in csv.DictReader(handle))

@@ -14,6 +14,7 @@ writes `uci_table.md` / `uci_table.json`; `--suite ood` runs the paper's 10-D cu
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
     gamma = check_confidence(confidence, "--confidence")
     if splits < 1 or seeds < 1:
         raise ValueError(f"--splits and --seeds must be >= 1, got {splits} and {seeds}")
-    methods, budget = check_methods(methods), budget or Budget()
+    methods = check_methods(methods)
+    budget = dataclasses.replace(budget or Budget(), confidence=gamma)
     x, y = read_table(csv)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

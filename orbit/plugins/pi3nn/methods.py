@@ -60,7 +60,8 @@ class Budget:
     bound_steps: int | None = None  # None: steps
     bound_eps: float = 1e-2  # u = sqrt(z^2 + eps) >= 0.1 (standardised units)
     activation: str = "relu"
-    calibrate_on: str = "train"  # PI3NN step 4 on the training rows (the paper) or "val" (held-out residuals)
+    calibrate_on: str = "train"
+    confidence: float = 0.95  # the gamma CQR's quantile models are trained for  # PI3NN step 4 on the training rows (the paper) or "val" (held-out residuals)
 
 
 @dataclass
@@ -360,7 +361,8 @@ def fit_conformal(data: SplitData, budget: Budget, seed: int) -> Fitted:
     return Fitted(interval, mean)
 
 
-def fit_cqr(data: SplitData, budget: Budget, seed: int, gamma: float = 0.95) -> Fitted:
+def fit_cqr(data: SplitData, budget: Budget, seed: int) -> Fitted:
+    gamma = budget.confidence
     from mapie.regression import ConformalizedQuantileRegressor
     from sklearn.ensemble import GradientBoostingRegressor
 
