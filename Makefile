@@ -11,11 +11,11 @@ DEMO_SOURCES := cmip_a cmip_b cmip_c
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in the same command so pip never resolves another multi-GB build.
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -e ".[dev]"
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -e ".[dev,uq]"
 	touch $(STAMP)
 
 $(DATA)/cmip_c.zarr: $(STAMP)
