@@ -64,14 +64,20 @@ def test_uq_benchmark_on_a_users_csv_writes_summary_for_every_method(tmp_path):
     assert len(runs) == 2 * len(METHODS)
 
 
-def test_uq_benchmark_errors_name_the_value_and_what_is_valid(tmp_path):
+def test_uq_benchmark_errors_name_the_value_and_what_is_valid(tmp_path, capsys):
+    from orbit.cli import main  # in process: these fail before any fitting
+
     csv = _csv(tmp_path / "mine.csv")
-    done = _orbit(["uq", "benchmark", "--csv", str(csv), "--confidence", "1.5", "--run-dir", str(tmp_path / "r")])
-    assert done.returncode == 2 and "1.5" in done.stderr and "(0, 1)" in done.stderr
+    assert main(["uq", "benchmark", "--csv", str(csv), "--confidence", "1.5", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "1.5" in err and "(0, 1)" in err
     no_y = tmp_path / "no_y.csv"
     no_y.write_text("x0,x1,target\n" + "".join(f"{i},{i},{i}\n" for i in range(30)))
-    done = _orbit(["uq", "benchmark", "--csv", str(no_y), "--run-dir", str(tmp_path / "r")])
-    assert done.returncode == 2 and "no 'y' column" in done.stderr
-    done = _orbit(["uq", "benchmark", "--csv", str(csv), "--methods", "pi3nn", "magic", "--run-dir",
-                   str(tmp_path / "r")])
-    assert done.returncode == 2 and "'magic'" in done.stderr and "ensemble" in done.stderr
+    assert main(["uq", "benchmark", "--csv", str(no_y), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "no 'y' column" in capsys.readouterr().err
+    assert main(["uq", "benchmark", "--csv", str(csv), "--methods", "pi3nn", "magic", "--run-dir",
+                 str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "'magic'" in err and "ensemble" in err
+    assert main(["uq", "benchmark", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "exactly one of --csv" in capsys.readouterr().err
