@@ -29,7 +29,7 @@ def test_train_tiny_config_and_evaluate(tmp_path):
     assert sc["train_above"] == sc["train_below"] == sc["train_target_outside"] == 40  # floor(1620 * 0.05 / 2): 2000 rows - 200 test - 180 validation
     assert 0.85 < sc["test_picp"] <= 1.0
     assert [r["gamma"] for r in summary["calibration"]["test"]][0] == 0.5
-    for name in ("pi3nn_report.md", "pi3nn_calibration.json", "pi3nn_calibration.png", "metrics.csv"):
+    for name in ("pi3nn_report.md", "pi3nn_calibration.json", "pi3nn_calibration.png", "pi3nn_slice.png", "metrics.csv"):
         assert (run / name).is_file(), name
     rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert [r[1] for r in rows if int(r[0]) in (200, 400, 600)] == ["mean", "upper", "lower"]  # 3 phases of 200

@@ -208,9 +208,24 @@ class PI3NNTask(Task):
             scalars[f"{part}_confidence_score"] = float(score.mean())
             f, u, l = self.network_outputs(engine, rows).T
             curves[part] = calibration_curve(cal, self.table.yn[rows], f, u, l, self.options.calibration_levels)
-        self._last = {"pred": pred, "lower": lower, "upper": upper, "score": score}
+        self._last = {"pred": pred, "lower": lower, "upper": upper, "score": score,
+                      "slice": self._slice(engine, cal, gamma)}
         return {"scalars": scalars, "confidence": gamma, "calibration": curves,
                 "rows": {"train": len(self.split.train), "val": len(self.split.val), "test": len(self.split.test)}}
+
+    def _slice(self, engine, cal: IntervalCalibrator, gamma: float) -> dict[str, np.ndarray]:
+        """The interval along x0 (other inputs at their training mean), reaching 50% of x0's training
+        range beyond the data on each side, where the OOD initialisation should widen it."""
+        t, train = self.table, self.split.train
+        lo, hi = t.x[train, 0].min(), t.x[train, 0].max()
+        x0 = np.linspace(lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo), 200)
+        xn = np.zeros((len(x0), t.x.shape[1]), dtype=np.float32)
+        xn[:, 0] = (x0 - t.x_mean[0]) / t.x_std[0]
+        f, u, l = self.network_outputs(engine, xn=xn).T
+        lower, upper = cal.bounds(f, u, l, gamma)
+        return {"x0": x0, "f": f * t.y_std + t.y_mean, "lower": lower * t.y_std + t.y_mean,
+                "upper": upper * t.y_std + t.y_mean, "score": cal.confidence_score(u, l, gamma),
+                "train_x0": t.x[train, 0], "train_y": t.y[train], "range": (lo, hi)}
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         sc, curves = summary["scalars"], summary["calibration"]
@@ -231,6 +246,8 @@ class PI3NNTask(Task):
         print(text)
         Path(run_dir, "pi3nn_report.md").write_text(text + "\n")
         plot_calibration({"PI3NN val": curves["val"], "PI3NN test": curves["test"]}, Path(run_dir, "pi3nn_calibration.png"))
+        if self._last is not None:
+            plot_slice(self._last["slice"], gamma, Path(run_dir, "pi3nn_slice.png"))
 
     def predictions(self, engine) -> Any:
         import xarray as xr
@@ -258,6 +275,29 @@ def plot_calibration(curves: dict[str, list[dict]], path: Path) -> None:
     ax.set_xlabel("confidence level gamma")
     ax.set_ylabel("PICP")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_slice(sl: dict, gamma: float, path: Path) -> None:
+    """Training points, f and the gamma interval along x0, and the confidence score below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.scatter(sl["train_x0"], sl["train_y"], s=3, c="0.6", label="training rows")
+    ax.plot(sl["x0"], sl["f"], "k", lw=1, label="f")
+    ax.fill_between(sl["x0"], sl["lower"], sl["upper"], alpha=0.3, label=f"{gamma:.0%} interval")
+    for edge in sl["range"]:
+        ax.axvline(edge, color="0.3", ls=":", lw=1)
+        bx.axvline(edge, color="0.3", ls=":", lw=1)
+    ax.set(ylabel="y")
+    ax.legend(fontsize=7)
+    bx.plot(sl["x0"], sl["score"])
+    bx.set(xlabel="x0 (other inputs at their training mean)", ylabel="confidence", ylim=(0, 1.05))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
