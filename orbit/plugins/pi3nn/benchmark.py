@@ -183,8 +183,8 @@ def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_tra
     rows, distance_plot = [], {}
     for k in range(seeds):
         x, y = cubic(n_train + n_train // 9, seed=k)
-        xi, _ = cubic(n_test, seed=1000 + k)
-        xo, _ = cubic(n_test, seed=2000 + k, shift=shift)
+        xi, yi = cubic(n_test, seed=1000 + k)
+        xo, yo = cubic(n_test, seed=2000 + k, shift=shift)
         train_rows, val_rows = np.arange(n_train), np.arange(n_train, len(y))
         table = Standardized(x, y, train_rows)
         data = SplitData(table.xn[train_rows], table.yn[train_rows], table.xn[val_rows], table.yn[val_rows],
@@ -194,6 +194,8 @@ def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_tra
             fitted = fit(data, budget, 1000 + k)
             lower, upper = fitted.interval(gamma)
             width = (upper - lower) * table.y_std
+            inside = (np.concatenate([yi, yo]) >= lower * table.y_std + table.y_mean) & \
+                (np.concatenate([yi, yo]) <= upper * table.y_std + table.y_mean)
             w_id, w_ood = width[:n_test], width[n_test:]
             if fitted.extra and "calibrator" in fitted.extra:
                 cal, model = fitted.extra["calibrator"], fitted.extra["model"]
@@ -206,7 +208,8 @@ def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_tra
                 score = np.minimum(w_id.mean() / width, 1.0)
             rows.append({"method": name, "seed": k, "width_id": float(w_id.mean()), "width_ood": float(w_ood.mean()),
                          "ratio": float(w_ood.mean() / w_id.mean()), "score_id": float(score[:n_test].mean()),
-                         "score_ood": float(score[n_test:].mean()), "wall_s": time.perf_counter() - start})
+                         "score_ood": float(score[n_test:].mean()), "picp_id": float(inside[:n_test].mean()),
+                         "picp_ood": float(inside[n_test:].mean()), "wall_s": time.perf_counter() - start})
             log(f"ood seed {k} {name:20s} width ID {rows[-1]['width_id']:.2f} OOD {rows[-1]['width_ood']:.2f} "
                 f"ratio {rows[-1]['ratio']:.2f} score ID {rows[-1]['score_id']:.3f} OOD {rows[-1]['score_ood']:.3f}")
             if k == 0:
@@ -218,17 +221,18 @@ def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_tra
         rs = [r for r in rows if r["method"] == name]
         summary["methods"][name] = {key: {"mean": float(np.mean([r[key] for r in rs])),
                                           "std": float(np.std([r[key] for r in rs]))}
-                                    for key in ("width_id", "width_ood", "ratio", "score_id", "score_ood", "wall_s")}
+                                    for key in ("width_id", "width_ood", "ratio", "score_id", "score_ood", "picp_id", "picp_ood",
+                                                "wall_s")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (run_dir / "runs.json").write_text(json.dumps(rows, indent=1))
     lines = [f"10-D cubic, train x ~ N(0,1) ({n_train} rows), test ID x ~ N(0,1) and OOD x ~ N({shift},1) "
              f"({n_test} each), {gamma:.0%} intervals, mean ± std over {seeds} seed(s)", "",
-             "| method | width ID | width OOD | ratio OOD/ID | confidence score ID | confidence score OOD |",
-             "|---|---|---|---|---|---|"]
+             "| method | width ID | width OOD | ratio OOD/ID | confidence score ID | confidence score OOD | PICP ID | PICP OOD |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, e in summary["methods"].items():
         lines.append(f"| {name} | {e['width_id']['mean']:.2f} | {e['width_ood']['mean']:.2f} | "
                      f"{e['ratio']['mean']:.2f} ± {e['ratio']['std']:.2f} | {e['score_id']['mean']:.3f} | "
-                     f"{e['score_ood']['mean']:.3f} |")
+                     f"{e['score_ood']['mean']:.3f} | {e['picp_id']['mean']:.3f} | {e['picp_ood']['mean']:.3f} |")
     (run_dir / "table.md").write_text("\n".join(lines) + "\n")
     _plot_width_vs_distance(distance_plot, run_dir / "width_vs_distance.png")
     return summary

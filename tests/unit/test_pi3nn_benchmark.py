@@ -1,0 +1,45 @@
+"""The benchmark's pieces on tiny budgets: the OOD case, the suite table, the method list."""
+import json
+
+import numpy as np
+import pytest
+
+from orbit.plugins.pi3nn.benchmark import check_methods, format_suite, run_ood
+from orbit.plugins.pi3nn.data import cubic, split_rows
+from orbit.plugins.pi3nn.methods import METHODS, Budget
+
+
+def test_ood_case_writes_widths_scores_and_coverage(tmp_path):
+    summary = run_ood(tmp_path, seeds=1, n_train=300, n_test=100, budget=Budget(steps=40, hidden=16), log=lambda *_: None)
+    assert set(summary["methods"]) == {"pi3nn (OOD init)", "pi3nn (no OOD init)", "ensemble", "mc_dropout"}
+    for entry in summary["methods"].values():
+        assert entry["width_id"]["mean"] > 0 and entry["ratio"]["mean"] > 0
+        assert 0 <= entry["score_ood"]["mean"] <= 1 and 0 <= entry["picp_id"]["mean"] <= 1
+    assert "ratio OOD/ID" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "width_vs_distance.png").is_file()
+    assert len(json.loads((tmp_path / "runs.json").read_text())) == 4
+
+
+def test_cubic_ood_inputs_are_shifted_and_splits_are_90_10():
+    x, y = cubic(4000, seed=0)
+    xo, _ = cubic(4000, seed=0, shift=2.0)
+    assert x.shape == (4000, 10) and abs(x.mean()) < 0.05 and abs(xo.mean() - 2.0) < 0.05
+    np.testing.assert_allclose(np.std(y - (x ** 3).sum(1) / 10), 1.0, atol=0.05)
+    split = split_rows(1000, 0.1, 0.1, seed=0)
+    assert len(split.test) == 100 and len(split.val) == 90 and len(split.train) == 810
+
+
+def test_suite_table_bolds_the_narrowest_covering_method():
+    def entry(p, w):
+        return {"picp": {"mean": p, "std": 0.0}, "mpiw": {"mean": w, "std": 0.0}, "wall_s": {"mean": 1.0}}
+
+    results = {"toy": {"confidence": 0.95, "splits": 3, "seeds": 1,
+                       "methods": {"a": entry(0.90, 0.1), "b": entry(0.95, 0.3), "c": entry(0.96, 0.2)}}}
+    text = format_suite(results)
+    assert "**0.200 ± 0.000**" in text and "**0.100" not in text
+
+
+def test_unknown_methods_are_named():
+    assert check_methods(None) == list(METHODS)
+    with pytest.raises(ValueError, match="'magic'.*valid methods"):
+        check_methods(["pi3nn", "magic"])
