@@ -118,3 +118,28 @@ class ShardedSampler:
             raise ValueError(f"seed must be >= 0, got {state['seed']}")
         self.epoch, self.step_in_epoch, self.seed = (int(state["epoch"]), int(state["step_in_epoch"]),
                                                       int(state["seed"]))
+
+
+class RowBatches:
+    """Endless, resumable (x, y) batches of the table rows `rows` for one data rank: the loader of
+    small in-memory tabular tasks. `drop_last=False` wraps the last global batch, so every row is
+    seen each epoch and the ranks' batches concatenate to the one-process batch of that size."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, rank: int,
+                 world_size: int):
+        self.x, self.y, self.rows = x, y, rows
+        self.sampler = ShardedSampler(len(rows), batch_size, seed=seed, rank=rank, world_size=world_size,
+                                      drop_last=False)
+
+    def __iter__(self):
+        import torch  # the sampler itself stays free of torch
+
+        for positions in self.sampler:
+            rows = self.rows[positions]
+            yield torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows])
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.sampler.load_state_dict(state)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from types import MethodType
 
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Shard

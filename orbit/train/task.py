@@ -25,6 +25,7 @@ Optional (defaults here):
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -65,22 +66,27 @@ class Phase:
                                        for m in self.modules)
 
 
-class Task:
-    """Base class of every task: the required methods raise, the optional ones have defaults."""
+class Task(ABC):
+    """Base class of every task: the four required methods are abstract (a task missing one cannot be
+    built), the optional ones have defaults."""
 
     evaluate_with_grad = False
 
+    @abstractmethod
     def build_model(self) -> nn.Module:
-        raise NotImplementedError(f"{type(self).__name__} must define build_model()")
+        """See the module docstring."""
 
+    @abstractmethod
     def train_batches(self, dp_rank: int, dp_size: int) -> ResumableBatches:
-        raise NotImplementedError(f"{type(self).__name__} must define train_batches(dp_rank, dp_size)")
+        """See the module docstring."""
 
+    @abstractmethod
     def model_inputs(self, batch: Any) -> tuple:
-        raise NotImplementedError(f"{type(self).__name__} must define model_inputs(batch)")
+        """See the module docstring."""
 
+    @abstractmethod
     def loss(self, output: Any, batch: Any) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define loss(output, batch)")
+        """See the module docstring."""
 
     def evaluate(self, engine: Any, step: int) -> dict[str, Any]:
         return {}

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from orbit.config import DataConfig, EvalConfig
+from orbit.data.sampler import RowBatches
 from orbit.train.task import Task
 
 
@@ -56,8 +58,12 @@ class TemplateTask(Task):
     def __init__(self, cfg):
         # Open and check the data here, before any run directory is written, and fail with a message
         # naming the bad value. Every rank builds the task, so it must be deterministic (seeded).
-        # Compute normalization statistics from the training split only.
+        # Compute normalization statistics from the training split only. Here: a seeded toy table.
         self.cfg = cfg
+        rng = np.random.default_rng(cfg.train.seed)
+        self.x = rng.normal(size=(256, 1)).astype(np.float32)
+        self.y = (2.0 * self.x + 0.1 * rng.normal(size=(256, 1))).astype(np.float32)
+        self.train_rows = np.arange(200)  # the rest held out for evaluation
 
     def build_model(self) -> nn.Module:
         # Return the plain model on the CPU; the engine wraps, shards and moves it. Sizes that come
@@ -68,7 +74,9 @@ class TemplateTask(Task):
         # Endless batches of this data rank's share, with state_dict()/load_state_dict() so a resumed
         # run continues the same sample stream. Use orbit.data.sampler.ShardedSampler: its ranks'
         # batches concatenate to the one-process batch, so changing the layout keeps the numbers.
-        raise NotImplementedError("yield (x, y) batches of data.batch_size rows for rank dp_rank of dp_size")
+        # RowBatches does exactly that for an in-memory table.
+        return RowBatches(self.x, self.y, self.train_rows, self.cfg.data.batch_size, self.cfg.train.seed,
+                          dp_rank, dp_size)
 
     def model_inputs(self, batch: Any) -> tuple:
         # The model's positional inputs taken from a batch, batch-first (pipeline layouts split them
@@ -83,7 +91,11 @@ class TemplateTask(Task):
     def evaluate(self, engine, step: int) -> dict[str, Any]:
         # Held-out scores in physical units beside a simple baseline; "scalars" are logged. Every rank
         # calls this and must run the same forwards (engine.forward((x,)), FSDP gathers collectively).
-        return {"scalars": {}}
+        held_out = np.arange(200, len(self.x))
+        x, y = torch.from_numpy(self.x[held_out]), torch.from_numpy(self.y[held_out])
+        mse = float(((engine.forward((x,)).float().cpu() - y) ** 2).mean())
+        baseline = float(((y - float(self.y[self.train_rows].mean())) ** 2).mean())  # the training mean
+        return {"scalars": {"mse": mse, "mse_train_mean": baseline}}
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         # Rank 0 only: print a short table and write small files (markdown, a figure) to run_dir.

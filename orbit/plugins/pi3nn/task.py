@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from orbit.config import DataConfig, EvalConfig, RunConfig
-from orbit.data.sampler import ShardedSampler
+from orbit.data.sampler import RowBatches
 from orbit.registry import register_task
 from orbit.train.task import Phase, Task
 
@@ -111,25 +111,6 @@ def lower_loss(output: torch.Tensor, batch) -> torch.Tensor:
     return _one_sided(output[:, 2], residual, residual > 0)
 
 
-class _Batches:
-    """Endless, resumable (x, y) batches of standardised training rows for one data rank."""
-
-    def __init__(self, table: Standardized, rows: np.ndarray, batch_size: int, seed: int, rank: int, world: int):
-        self.table, self.rows = table, rows
-        self.sampler = ShardedSampler(len(rows), batch_size, seed=seed, rank=rank, world_size=world, drop_last=False)
-
-    def __iter__(self):
-        for positions in self.sampler:
-            rows = self.rows[positions]
-            yield torch.from_numpy(self.table.xn[rows]), torch.from_numpy(self.table.yn[rows])
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.load_state_dict(state)
-
-
 def load_xy(d: PI3NNDataConfig) -> tuple[np.ndarray, np.ndarray]:
     if d.csv:
         return read_table(d.csv)
@@ -153,8 +134,9 @@ class PI3NNTask(Task):
         return PI3NN(PI3NNConfig(self.table.x.shape[1], list(m.hidden), None if m.bound_hidden is None else
                                  list(m.bound_hidden), m.activation, m.ood_init, m.ood_bias))
 
-    def train_batches(self, dp_rank: int, dp_size: int) -> _Batches:
-        return _Batches(self.table, self.split.train, self.cfg.data.batch_size, self.cfg.train.seed, dp_rank, dp_size)
+    def train_batches(self, dp_rank: int, dp_size: int) -> RowBatches:
+        return RowBatches(self.table.xn, self.table.yn, self.split.train, self.cfg.data.batch_size, self.cfg.train.seed,
+                          dp_rank, dp_size)
 
     def model_inputs(self, batch) -> tuple[torch.Tensor]:
         return (batch[0],)

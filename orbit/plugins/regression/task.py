@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from orbit.config import DataConfig, EvalConfig, RunConfig
-from orbit.data.sampler import ShardedSampler
+from orbit.data.sampler import RowBatches
 from orbit.registry import register_task
 from orbit.train.task import Task
 
@@ -65,28 +65,6 @@ def rmse(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt(np.mean((pred - truth) ** 2)))
 
 
-class _Batches:
-    """Endless, resumable (x, y) batches of normalized training rows for one data rank."""
-
-    def __init__(self, table: Table, batch_size: int, seed: int, rank: int, world_size: int):
-        self.table, self.rows = table, table.split.train
-        # drop_last=False wraps the last global batch: every row is seen each epoch, and the ranks'
-        # batches concatenate to the one-process batch of the same global size (sampler parity)
-        self.sampler = ShardedSampler(len(self.rows), batch_size, seed=seed, rank=rank, world_size=world_size,
-                                      drop_last=False)
-
-    def __iter__(self):
-        for positions in self.sampler:
-            rows = self.rows[positions]
-            yield torch.from_numpy(self.table.xn[rows]), torch.from_numpy(self.table.yn[rows])
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.load_state_dict(state)
-
-
 @register_task("regression", model=RegressionModelConfig, data=RegressionDataConfig, eval=RegressionEvalConfig)
 class RegressionTask(Task):
     def __init__(self, cfg: RunConfig):
@@ -100,8 +78,9 @@ class RegressionTask(Task):
         m = self.cfg.model
         return MLPRegressor(MLPConfig(self.table.x.shape[1], list(m.hidden), self.table.y.shape[1], m.dropout))
 
-    def train_batches(self, dp_rank: int, dp_size: int) -> _Batches:
-        return _Batches(self.table, self.cfg.data.batch_size, self.cfg.train.seed, dp_rank, dp_size)
+    def train_batches(self, dp_rank: int, dp_size: int) -> RowBatches:
+        return RowBatches(self.table.xn, self.table.yn, self.table.split.train, self.cfg.data.batch_size,
+                          self.cfg.train.seed, dp_rank, dp_size)
 
     def model_inputs(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor]:
         return (batch[0],)
