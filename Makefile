@@ -15,7 +15,7 @@ $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in the same command so pip never resolves another multi-GB build.
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -e ".[dev,uq]"
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 -e ".[dev,uq,land,hydro]"
 	touch $(STAMP)
 
 $(DATA)/cmip_c.zarr: $(STAMP)

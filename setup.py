@@ -31,6 +31,7 @@ setup(
         "deepspeed": ["deepspeed>=0.14"],
         "uq": ["emcee>=3", "mapie>=1.0", "scikit-learn>=1.4"],
         "hydro": ["captum>=0.7", "shap>=0.44"],
+        "land": ["emcee>=3", "sbi>=0.22", "corner>=2.2"],
     },
     entry_points={"console_scripts": ["orbit=orbit.cli:main"]},
 )
