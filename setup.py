@@ -23,6 +23,7 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.14",
         "matplotlib>=3.7",
+        "scikit-image>=0.22",
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-xdist>=3", "esmvaltool-sample-data", "iris-sample-data", "deepspeed>=0.14",
