@@ -1,0 +1,61 @@
+"""The streamflow run report: `streamflow_report.md` (median NSE / KGE per forecaster and split, per
+lead), `streamflow_nse_cdf.png` (CDF of the per-basin test NSE) and, for forecasts,
+`streamflow_nse_lead.png` (median test NSE against lead day)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def markdown(summary: dict[str, Any], family: str, horizon: int) -> str:
+    proto = summary.get("protocol", {})
+    lines = [f"Streamflow `{family}`, step {summary.get('step')}, split {proto.get('split')}, periods "
+             f"{proto.get('periods')}; median over basins (n val/test = "
+             f"{len(proto.get('basins', {}).get('val', []))}/{len(proto.get('basins', {}).get('test', []))})", ""]
+    leads = sorted({0, horizon - 1})
+    head = " | ".join(f"{s} {m} lead {h + 1}" for s in ("val", "test") for m in ("NSE", "KGE") for h in leads)
+    lines += [f"| forecaster | {head} |", "|---" * (1 + 4 * len(leads)) + "|"]
+    for name in summary["median"]["test"]:
+        cells = [_fmt(summary["median"][s][name][m][h]) for s in ("val", "test") for m in ("nse", "kge") for h in leads]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(summary: dict[str, Any], run_dir: Path, family: str, horizon: int) -> None:
+    if "median" not in summary:
+        return
+    text = markdown(summary, family, horizon)
+    print(text)
+    Path(run_dir, "streamflow_report.md").write_text(text + "\n")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, table in summary["per_basin"]["test"].items():
+        nse = np.sort([v["nse"][0] for v in table.values() if v["nse"][0] is not None])
+        if len(nse):
+            ax.step(np.clip(nse, -1, 1), np.arange(1, len(nse) + 1) / len(nse), where="post", label=name)
+    ax.set(xlabel="test NSE (lead 1, clipped at -1)", ylabel="fraction of basins", xlim=(-1, 1))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(Path(run_dir, "streamflow_nse_cdf.png"), dpi=110)
+    plt.close(fig)
+    if horizon > 1:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for name, metrics in summary["median"]["test"].items():
+            ax.plot(np.arange(1, horizon + 1), [np.nan if v is None else v for v in metrics["nse"]], marker="o",
+                    label=name)
+        ax.set(xlabel="lead (days)", ylabel="median test NSE")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(Path(run_dir, "streamflow_nse_lead.png"), dpi=110)
+        plt.close(fig)
