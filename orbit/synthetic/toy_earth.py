@@ -11,9 +11,9 @@ Grid and time
     ``dt = 6 h`` from 00 UTC Jan 1 of the first year, after a 60-day spin-up.
 
 Flow (levels 500 and 850 hPa; ``a`` Earth radius, ``f = 2 Omega sin(phi)``)
-    ``psi_l = psi_jet,l(phi, t) + Re sum_n g_l e^{i tau_l} C_n(t) E_n(phi, t) e^{i m_n lambda}``,
+    ``psi_500 = psi_jet(phi, t) + Re sum_n C_n(t) E_n(phi, t) e^{i m_n lambda}``,
     ``u = -(1/a) d psi/d phi``, ``v = (1/(a cos phi)) d psi/d lambda`` (non-divergent).
-    The jet ``u_jet = U_l sum_hem (1 + s_hem) exp(-((phi -+ phi_J)/sigma_J)^2) - E_l exp(-(phi/15deg)^2)``
+    The jet ``u_jet = U sum_hem (1 + s_hem) exp(-((phi -+ phi_J)/sigma_J)^2) - 3 exp(-(phi/15deg)^2)``
     is stronger in the winter hemisphere (``s_hem = 0.25 * winter index``) and moves 5 deg poleward
     in summer; the waves have zonal wavenumbers ``m_n`` in each hemisphere, Gaussian envelopes
     ``E_n`` (width 15 deg) centred on the jet, and complex amplitudes
@@ -22,8 +22,11 @@ Flow (levels 500 and 850 hPa; ``a`` Earth radius, ``f = 2 Omega sin(phi)``)
     (sigma = 10, rho = 28, beta = 8/3, coupling kappa on x) run at ``chaos_days`` per Lorenz time
     unit (amplitude vacillation every ~2-3 days, error e-folding in ~4 days), and
     ``d theta_n/dt = m_n (c_steer U_500 - C_R / m_n^2) / (a cos phi_J)`` (Rossby-like drift).
-    The 850 hPa waves are ``g_850 = 0.6`` as strong and lead the 500 hPa ones by ``tau = pi/4``
-    (westward tilt with height).
+    This fixes the 500 hPa flow. The 850 hPa flow feels the temperature through thermal wind balance:
+    ``(u, v)_850 = (u, v)_500 - w(phi) (R_d ln(850/500) / f_e) k x grad T~``, with ``T~`` the layer-mean
+    temperature ``(T_500 + T_850)/2`` smoothed over ~2 cells, ``f_e = 2 Omega sign(phi) max(|sin phi|, sin 15deg)``
+    and ``w = 1 - exp(-(phi/15deg)^2)`` (no balance at the equator, where 850 follows 500). So the
+    850 hPa waves are the 500 hPa ones minus the shear of the advected temperature field, not a copy.
 
 Temperature ``T_l`` (prognostic at 500/850 hPa)
     ``dT/dt = -u . grad T + (T_eq - T) / tau_l + nu lap T + 0.3 (L_v / c_p) condensation``,
@@ -45,15 +48,25 @@ Humidity ``q_l`` and precipitation
     ``tp = sum_l excess_l * dp_l / g`` with ``dp = 350, 300 hPa`` (mm per 6 h, >= 0, intermittent).
     ``q_sat = 0.622 e_s / (p - 0.378 e_s)``, ``e_s = 611.2 exp(17.67 (T - 273.15)/(T - 29.65))`` Pa.
 
+Surface layer (prognostic, with memories of its own)
+    Soil moisture ``W`` in [0, 1] over land: ``dW/dt = tp / 50 mm - W / tau_W`` (``tau_W = soil_days``),
+    ``W = 1`` over sea. The 2 m temperature relaxes towards a surface equilibrium,
+    ``dt2m/dt = (T_s,eq - t2m) / tau_s``, ``tau_s = surface_days_land`` or ``surface_days_sea`` (the ocean
+    mixed layer remembers for days), with
+    ``T_s,eq = T_850 + 6.5e-3 (1460 - h) + A_ls land sin(phi) sin(delta_lag)/sin(eps) + (1 + 0.8 (1 - W)) D
+    + A_dry land (0.5 - W)`` (dry soil: larger diurnal range and warmer), and rain cools it by
+    ``evap_cooling`` K per mm over land. ``D = A_d (max(cos zeta', 0) - <max(cos zeta, 0)>_day)``
+    with ``A_d = diurnal_land`` or ``diurnal_sea``, ``zeta'`` the solar zenith angle 2.5 h earlier
+    (afternoon maximum) and ``<.>_day`` its daily mean.
+    The 10 m wind relaxes in ``tau_bl = bl_days`` towards the turned, slowed 850 hPa wind plus a
+    thermal breeze down the surface temperature gradient:
+    ``d(u10, v10)/dt = (k R(a) (u_850, v_850) - c_b grad t2m - (u10, v10)) / tau_bl``, with
+    ``k = 0.75`` over sea, ``0.5 exp(-h / 3000 m)`` over land, a cross-isobaric turning
+    ``a = 20 deg sign(phi)`` and ``c_b = breeze`` m2 s-1 K-1 (sea breezes by day, land breezes by night).
+
 Diagnostics
-    ``z_850 = 1.55e4 + f psi_850`` (linear balance);
-    ``z_500 = z_850 + R_d ln(850/500) (T_500 + T_850)/2`` (hypsometric);
-    ``t2m = T_850 + 6.5e-3 (1460 - h) + A_ls land sin(phi) sin(delta_lag)/sin(eps) + D``;
-    ``D = A_d (max(cos zeta', 0) - <max(cos zeta, 0)>_day)`` with ``A_d = diurnal_land`` or
-    ``diurnal_sea``, ``zeta'`` the solar zenith angle 2.5 h earlier (afternoon maximum) and
-    ``<.>_day`` its daily mean; ``(u10, v10) = k (cos a, -sin a; sin a, cos a) (u_850, v_850)``
-    with ``k = 0.75`` over sea, ``0.5 exp(-h / 3000 m)`` over land and a cross-isobaric turning
-    ``a = 20 deg sign(phi)``.
+    ``z_500 = 5.75e4 + f psi_500`` (linear balance; m2 s-2);
+    ``z_850 = z_500 - R_d ln(850/500) (T_500 + T_850)/2`` (hypsometric, hence thermal wind).
 
 Geography: fixed idealised continents (super-ellipses) and mountain ranges (Gaussian ridges),
 shared by every source except for a per-source orography scale (models resolve mountains
@@ -82,6 +95,7 @@ CP = 1004.6  # J kg-1 K-1
 L_V = 2.5e6  # J kg-1
 LAPSE = 6.5e-3  # K m-1
 H850 = 1460.0  # m, mean height of the 850 hPa surface
+Z500_EQUATOR = 5.75e4  # m2 s-2, 500 hPa geopotential where f psi = 0
 OBLIQUITY = np.deg2rad(23.44)
 DT = 6 * 3600.0  # s, one output step
 LEVELS = (500, 850)
@@ -124,6 +138,13 @@ class SourceSpec:
     lift_itcz: float = 0.25  # deep-convection lift at the centre of the ITCZ
     lift_orog: float = 5.0  # per m s-1 of upslope wind
     orography_scale: float = 1.0
+    surface_days_land: float = 0.5  # t2m memory over land
+    surface_days_sea: float = 4.0  # t2m memory over sea (mixed layer)
+    soil_days: float = 15.0  # soil-moisture memory
+    dry_warming: float = 6.0  # K, A_dry: warm anomaly of dry against half-wet soil
+    evap_cooling: float = 0.3  # K per mm of rain over land
+    bl_days: float = 0.5  # 10 m wind relaxation time
+    breeze: float = 3.0e5  # m2 s-1 K-1, thermal breeze per surface temperature gradient
     institution: str = "ORBIT toy Earth"
 
 
@@ -287,7 +308,7 @@ def _cubic_weights(t: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the model
 @dataclass
 class ToyState:
-    """Prognostic state. lorenz: (3, N) oscillators; theta: (N,) wave phases; tracers (H, W)."""
+    """Prognostic state. lorenz: (3, N) oscillators; theta: (N,) wave phases; fields (H, W)."""
 
     lorenz: np.ndarray
     theta: np.ndarray
@@ -295,6 +316,10 @@ class ToyState:
     t850: np.ndarray
     q500: np.ndarray
     q850: np.ndarray
+    t2m: np.ndarray
+    soil: np.ndarray
+    u10: np.ndarray
+    v10: np.ndarray
 
 
 class Forcing(NamedTuple):
@@ -304,8 +329,8 @@ class Forcing(NamedTuple):
     winter_index: float  # +1 in northern winter, -1 in northern summer
     diurnal: np.ndarray  # (H, W) K, sun-following heating anomaly D
     jet_lat: np.ndarray  # (2,) rad, |jet latitude| north / south
-    u_jet: np.ndarray  # (2, H, 1) m s-1 at (500, 850) hPa
-    psi_jet: np.ndarray  # (2, H, 1) m2 s-1
+    u_jet: np.ndarray  # (H, 1) m s-1 at 500 hPa
+    psi_jet: np.ndarray  # (H, 1) m2 s-1
 
 
 class ToyEarth:
@@ -344,6 +369,13 @@ class ToyEarth:
         self.dx, self.dy = dx, dy
         self.rh_target = np.where(self.land > 0.5, spec.rh_land, spec.rh_sea)
         self.diurnal_amp = np.where(self.land > 0.5, spec.diurnal_land, spec.diurnal_sea)
+        surface_days = np.where(self.land > 0.5, spec.surface_days_land, spec.surface_days_sea)
+        self.surface_relax = 1.0 - np.exp(-DT / (surface_days * 86400.0))
+        # thermal wind: R_d ln(850/500) / f_e, tapered to nothing at the equator
+        f_e = 2 * OMEGA * np.where(self.phi >= 0, 1.0, -1.0) * np.maximum(np.abs(np.sin(self.phi)),
+                                                                            np.sin(np.deg2rad(15.0)))
+        self.thermal_wind = (R_D * np.log(850.0 / 500.0) / f_e
+                             * (1.0 - np.exp(-((self.phi / np.deg2rad(15.0)) ** 2))))
 
     # ---- initial state
     def initial_state(self, rng: np.random.Generator, time: np.datetime64) -> ToyState:
@@ -353,7 +385,10 @@ class ToyEarth:
         theta = rng.uniform(0.0, 2 * np.pi, size=n)
         t500, t850 = self._t_eq(self.forcing(time))
         q850 = 0.7 * q_sat(t850, 85000.0)
-        return ToyState(lorenz, theta, t500.copy(), t850.copy(), 0.3 * q850, q850)
+        t2m = t850 + LAPSE * (H850 - self.orography)
+        soil = np.where(self.land > 0.5, 0.5, 1.0)
+        calm = np.zeros_like(t850)
+        return ToyState(lorenz, theta, t500.copy(), t850.copy(), 0.3 * q850, q850, t2m, soil, calm, calm.copy())
 
     # ---- forcing
     def forcing(self, time: np.datetime64) -> Forcing:
@@ -385,23 +420,19 @@ class ToyEarth:
         return self.spec.lift_itcz * np.exp(-(((self.phi - centre) / np.deg2rad(10.0)) ** 2))
 
     def _jets(self, winter_n: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Jet latitude per hemisphere (rad, (2,)), zonal wind u_jet (2, H, 1) and psi_jet (2, H, 1)
-        for levels (500, 850)."""
+        """Jet latitude per hemisphere (rad, (2,)), 500 hPa zonal wind u_jet (H, 1) and psi_jet (H, 1)."""
         s = self.spec
         lat_n = np.deg2rad(s.jet_lat - 5.0 * winter_n)  # poleward in summer
         lat_s = np.deg2rad(s.jet_lat + 5.0 * winter_n)
         sig = np.deg2rad(10.0)
-        sig_e = np.deg2rad(15.0)
-        u, psi = [], []
-        for speed, easterly in ((s.jet_speed, 3.0), (0.4 * s.jet_speed, 5.0)):
-            parts = [(speed * (1 + 0.25 * winter_n), lat_n, sig), (speed * (1 - 0.25 * winter_n), -lat_s, sig),
-                     (-easterly, 0.0, sig_e)]
-            u.append(sum(amp * np.exp(-(((self.phi - c) / width) ** 2)) for amp, c, width in parts))
-            # psi = -a * integral_0^phi u dphi' (Gaussians integrate to erf)
-            psi.append(-A_EARTH * sum(amp * width * np.sqrt(np.pi) / 2
-                                      * (special.erf((self.phi - c) / width) - special.erf(-c / width))
-                                      for amp, c, width in parts))
-        return np.array([lat_n, lat_s]), np.stack(u), np.stack(psi)
+        parts = [(s.jet_speed * (1 + 0.25 * winter_n), lat_n, sig), (s.jet_speed * (1 - 0.25 * winter_n), -lat_s, sig),
+                 (-3.0, 0.0, np.deg2rad(15.0))]
+        u = sum(amp * np.exp(-(((self.phi - c) / width) ** 2)) for amp, c, width in parts)
+        # psi = -a * integral_0^phi u dphi' (Gaussians integrate to erf)
+        psi = -A_EARTH * sum(amp * width * np.sqrt(np.pi) / 2
+                             * (special.erf((self.phi - c) / width) - special.erf(-c / width))
+                             for amp, c, width in parts)
+        return np.array([lat_n, lat_s]), u, psi
 
     # ---- flow
     def _lorenz_step(self, xyz: np.ndarray) -> np.ndarray:
@@ -425,13 +456,14 @@ class ToyEarth:
             xyz = xyz + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
         return xyz
 
-    def _flow(self, lorenz: np.ndarray, theta: np.ndarray,
-              forcing: Forcing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Streamfunction, u, v at (500, 850) hPa: each (2, H, W)."""
+    def _flow(self, lorenz: np.ndarray, theta: np.ndarray, forcing: Forcing,
+              layer_temp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """500 hPa streamfunction (H, W) and u, v at (500, 850) hPa, each (2, H, W); the 850 hPa
+        wind is the 500 hPa one minus the thermal wind of ``layer_temp`` (H, W)."""
         x, _, z = lorenz
         centre = np.where(self.hemisphere > 0, forcing.jet_lat[0], -forcing.jet_lat[1])  # (N,)
         amp = self.wave_amp * z / 23.5 * np.exp(1j * (0.5 * x / 8.0 - theta))
-        levels = np.stack([amp, 0.6 * np.exp(1j * np.pi / 4) * amp])  # (2, N)
+        levels = amp[None]  # (1, N): the 500 hPa waves
         sig_w = np.deg2rad(15.0)
         offset = self.phi[:, 0][None, :] - centre[:, None]  # (N, H)
         env = np.exp(-((offset / sig_w) ** 2))
@@ -441,12 +473,14 @@ class ToyEarth:
         basis = np.concatenate([self.cos_m, self.sin_m])  # (2N, W)
         dbasis = np.concatenate([-self.sin_m, self.cos_m]) * np.tile(self.m, 2)[:, None]  # d/d lam
         env2, denv2 = np.tile(env.T, 2), np.tile(denv.T, 2)  # (H, 2N)
-        psi = (coef * env2) @ basis
-        dpsi_dphi = (coef * denv2) @ basis
-        dpsi_dlam = (coef * env2) @ dbasis
-        u = forcing.u_jet - dpsi_dphi / A_EARTH
-        v = dpsi_dlam / (A_EARTH * self.coslat)
-        return psi + forcing.psi_jet, u, v
+        psi = ((coef * env2) @ basis)[0]
+        u500 = forcing.u_jet - ((coef * denv2) @ basis)[0] / A_EARTH
+        v500 = ((coef * env2) @ dbasis)[0] / (A_EARTH * self.coslat)
+        smooth = ndimage.gaussian_filter(layer_temp, sigma=self.grid[0] / 16, mode=["nearest", "wrap"])
+        dtdx, dtdy = self._gradient(smooth)
+        u850 = u500 + self.thermal_wind * dtdy  # u_T = -(R ln(p1/p2) / f) dT/dy, subtracted
+        v850 = v500 - self.thermal_wind * dtdx
+        return psi + forcing.psi_jet, np.stack([u500, u850]), np.stack([v500, v850])
 
     def _advance_phase(self, theta: np.ndarray, forcing: Forcing) -> np.ndarray:
         """Rossby-like drift of the wave phases: steering by the jet minus retrogression."""
@@ -509,7 +543,7 @@ class ToyEarth:
         forcing = self.forcing(time)
         lorenz = self._lorenz_step(state.lorenz)
         theta = self._advance_phase(state.theta, forcing)
-        psi, u, v = self._flow(lorenz, theta, forcing)
+        psi, u, v = self._flow(lorenz, theta, forcing, 0.5 * (state.t500 + state.t850))
 
         # transport: temperature and humidity at each level by that level's wind
         tracers = np.stack([np.stack([state.t500, state.q500]), np.stack([state.t850, state.q850])])
@@ -542,19 +576,35 @@ class ToyEarth:
         temp = temp + LATENT_EFFICIENCY * L_V / CP * excess
         tp = (excess[0] * LAYER_MASS[500] + excess[1] * LAYER_MASS[850])  # kg m-2 == mm
 
-        new = ToyState(lorenz, theta, temp[0], temp[1], hum[0], hum[1])
+        t2m, soil, u10, v10 = self._surface(state, forcing, temp[1], u[1], v[1], tp)
+        new = ToyState(lorenz, theta, temp[0], temp[1], hum[0], hum[1], t2m, soil, u10, v10)
 
-        # diagnostics
-        z850 = 1.55e4 + self.f * psi[1]
-        z500 = z850 + R_D * np.log(850.0 / 500.0) * 0.5 * (temp[0] + temp[1])
-        t2m = (temp[1] + LAPSE * (H850 - self.orography) + diurnal
-               + s.land_season * self.land * np.sin(self.phi) * np.sin(forcing.lagged_declination)
-               / np.sin(OBLIQUITY))
-        u10 = self.wind_factor * (self.turn_cos * u[1] - self.turn_sin * v[1])
-        v10 = self.wind_factor * (self.turn_sin * u[1] + self.turn_cos * v[1])
+        # diagnostics: linear balance at 500 hPa, hypsometric thickness down to 850 hPa
+        thickness = R_D * np.log(850.0 / 500.0)
+        z500 = Z500_EQUATOR + self.f * psi
+        z850 = z500 - thickness * 0.5 * (temp[0] + temp[1])
         out = {"t2m": t2m, "u10": u10, "v10": v10, "tp": tp, "z": np.stack([z500, z850]),
                "t": temp, "u": u, "v": v, "q": hum}
         return new, out
+
+    def _surface(self, state: ToyState, forcing: Forcing, t850: np.ndarray, u850: np.ndarray,
+                 v850: np.ndarray, tp: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One step of the surface layer: (t2m, soil moisture, u10, v10), each (H, W)."""
+        s = self.spec
+        land = self.land > 0.5
+        soil_decay = np.exp(-DT / (s.soil_days * 86400.0))
+        soil = np.where(land, np.clip(state.soil * soil_decay + tp / 50.0, 0.0, 1.0), 1.0)
+        season = s.land_season * self.land * np.sin(self.phi) * np.sin(forcing.lagged_declination) / np.sin(OBLIQUITY)
+        t_eq = (t850 + LAPSE * (H850 - self.orography) + season + (1.0 + 0.8 * (1.0 - soil)) * forcing.diurnal
+                + s.dry_warming * self.land * (0.5 - soil))
+        t2m = state.t2m + self.surface_relax * (t_eq - state.t2m) - s.evap_cooling * self.land * tp
+        ddx, ddy = self._gradient(t2m)
+        target_u = self.wind_factor * (self.turn_cos * u850 - self.turn_sin * v850) - s.breeze * ddx
+        target_v = self.wind_factor * (self.turn_sin * u850 + self.turn_cos * v850) - s.breeze * ddy
+        relax = 1.0 - np.exp(-DT / (s.bl_days * 86400.0))
+        u10 = state.u10 + relax * (target_u - state.u10)
+        v10 = state.v10 + relax * (target_v - state.v10)
+        return t2m, soil, u10, v10
 
 
 # --------------------------------------------------------------------------- public API

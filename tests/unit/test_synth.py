@@ -123,3 +123,65 @@ def test_generation_is_deterministic_by_seed(two_years, tmp_path):
     first_year = fields.sel(time=slice("2000", "2000"))
     assert not np.array_equal(other_seed["z"].values, first_year["z"].values)
     xr.testing.assert_identical(other_seed["lat"], first_year["lat"])
+
+
+def _anomaly(array: np.ndarray) -> np.ndarray:
+    return array - array.mean(axis=0)
+
+
+def _residual(target: np.ndarray, *predictors: np.ndarray) -> np.ndarray:
+    """Per grid point, what a least-squares fit of ``target`` (T, H, W) on the ``predictors``
+    (each (T, H, W)) leaves unexplained: (T, H, W), 0 if target is a linear function of them."""
+    t = target.shape[0]
+    y = _anomaly(target).reshape(t, -1)
+    x = np.stack([_anomaly(p).reshape(t, -1) for p in predictors], axis=-1)  # (T, N, P)
+    left = []
+    for n in range(y.shape[1]):
+        coef, *_ = np.linalg.lstsq(x[:, n], y[:, n], rcond=None)
+        left.append(y[:, n] - x[:, n] @ coef)
+    return np.stack(left, axis=1).reshape(target.shape)
+
+
+def test_850_hpa_flow_feels_temperature_through_thermal_wind(two_years):
+    fields, _ = two_years
+    u, v, t = (fields[name].values.astype(np.float64) for name in ("u", "v", "t"))
+    lat = np.deg2rad(fields["lat"].values.astype(np.float64))
+    mid = np.abs(np.rad2deg(lat)) > 30
+    # the 850 hPa wind is not a scaled copy of the 500 hPa one: a per-point linear fit on both
+    # 500 hPa components leaves a share of its variance unexplained
+    left = _residual(u[:, 1], u[:, 0], v[:, 0]).std(axis=0)
+    assert np.median(left[mid]) > 0.3  # m s-1
+    # ... and the shear follows the meridional temperature gradient (thermal wind, f > 0 north)
+    shear = (u[:, 0] - u[:, 1])[:, mid].mean(axis=(0, 2))
+    layer = 0.5 * (t[:, 0] + t[:, 1]).mean(axis=(0, 2))
+    thermal = -synth.R_D * np.log(850 / 500) / (2 * synth.OMEGA * np.sin(lat)) * np.gradient(layer, lat) / synth.A_EARTH
+    assert np.corrcoef(shear, thermal[mid])[0, 1] > 0.9
+    north = lat[mid] > 0
+    assert np.all(shear[north] > 0) and np.all(np.abs(shear - thermal[mid]) < 0.5 * np.abs(thermal[mid]) + 2.0)
+
+
+def test_surface_channels_have_dynamics_of_their_own(two_years):
+    """t2m is not t850 plus terms fixed by place and time, nor (u10, v10) a linear map of the
+    850 hPa wind: the surface layer remembers (soil moisture, mixed layer, boundary-layer wind)."""
+    fields, statics = two_years
+    land = statics["land_sea_mask"].values.astype(bool)
+    earth = synth.ToyEarth(synth.SOURCES["cmip_a"], GRID)
+    times = fields["time"].values
+    forcings = [earth.forcing(time) for time in times]
+    diurnal = np.stack([forcing.diurnal for forcing in forcings])
+    season = np.sin([forcing.lagged_declination for forcing in forcings])[:, None, None] * np.sin(earth.phi)
+    t850 = fields["t"].values[:, 1].astype(np.float64)
+    t2m = fields["t2m"].values.astype(np.float64)
+    hour = (times.astype("datetime64[h]").astype(int) % 24)[:, None, None] * np.ones_like(t2m)
+    season = season * np.ones_like(t2m)
+    left = _residual(t2m, t850, diurnal, season, np.cos(np.pi * hour / 12), np.sin(np.pi * hour / 12))
+    assert np.median(left.std(axis=0)[land]) > 0.2  # K (0.0 when t2m was a diagnostic of t850)
+    u850, v850 = (fields[name].values[:, 1].astype(np.float64) for name in ("u", "v"))
+    left_u = _residual(fields["u10"].values.astype(np.float64), u850, v850).std(axis=0)
+    assert np.median(left_u) > 0.3  # m s-1
+    # rain cools and wets the land: after wet weeks t2m sits below what the fit predicts
+    rain = np.cumsum(fields["tp"].values.astype(np.float64), axis=0)
+    wet = rain[28:] - rain[:-28]
+    correlations = [np.corrcoef(wet[:, j, i], left[28:, j, i])[0, 1] for j, i in zip(*np.nonzero(land))
+                    if wet[:, j, i].std() > 0]
+    assert np.mean(correlations) < -0.1
