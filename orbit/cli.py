@@ -132,6 +132,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from orbit.plugins.streamflow.explain_run import run_explain
+
+    result = run_explain(args.run_dir, methods=args.methods, samples=args.samples, lead=args.lead, out_dir=args.out)
+    print(json.dumps({k: v for k, v in result.items() if k.endswith(("importance", "completeness", "checks"))}, indent=1))
+    return 0
+
+
 def cmd_uq_benchmark(args) -> int:
     from orbit.plugins.pi3nn.benchmark import main as uq_benchmark
 
@@ -272,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     uqb.add_argument("--methods", nargs="+", default=None, help="default: all")
     uqb.add_argument("--run-dir", type=Path, required=True)
     uqb.set_defaults(func=cmd_uq_benchmark)
+
+    explain = sub.add_parser("explain", help="attributions of a streamflow run: integrated gradients, SHAP, attention")
+    explain.add_argument("--run-dir", type=Path, required=True, help="directory of a streamflow training run")
+    explain.add_argument("--methods", nargs="+", default=None, help="ig shap attention (default: all)")
+    explain.add_argument("--samples", type=int, default=256, help="test samples explained (and SHAP background size)")
+    explain.add_argument("--lead", type=int, default=1, help="lead day of the forecast explained")
+    explain.add_argument("--out", type=Path, default=None, help="default: <run-dir>/explain")
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -74,9 +74,10 @@ class StreamflowDataConfig(DataConfig):
     last_year: int = 2009
     warming: float = 0.03  # synthetic: degC per year
     seed: int = 0  # synthetic data, basin folds, forecast errors
-    train_period: list[str] = field(default_factory=lambda: ["1981-01-01", "1995-12-31"])
-    val_period: list[str] = field(default_factory=lambda: ["1996-01-01", "2000-12-31"])
-    test_period: list[str] = field(default_factory=lambda: ["2001-01-01", "2009-12-31"])
+    # [first, last] inclusive; YAML may give dates unquoted (read as dates, kept as ISO strings)
+    train_period: list[Any] = field(default_factory=lambda: ["1981-01-01", "1995-12-31"])
+    val_period: list[Any] = field(default_factory=lambda: ["1996-01-01", "2000-12-31"])
+    test_period: list[Any] = field(default_factory=lambda: ["2001-01-01", "2009-12-31"])
     split: str = "temporal"
     folds: int = 5
     fold: int = 0
@@ -102,6 +103,7 @@ class StreamflowDataConfig(DataConfig):
             raise ValueError(f"need seq_len >= 1, 1 <= horizon <= 30, forecast_error >= 0, n_basins >= 1; got "
                              f"{self.seq_len}, {self.horizon}, {self.forecast_error}, {self.n_basins}")
         for name in ("train", "val", "test"):
+            setattr(self, f"{name}_period", [str(p) for p in getattr(self, f"{name}_period")])
             parse_period(getattr(self, f"{name}_period"), f"{name}_period")
 
 
