@@ -11,8 +11,13 @@ derived from latitude, elevation and continentality plus smooth random fields (`
   warm -> tropical, cold -> boreal, else temperate). Cells colder than -10 degC (ice) are left out.
 The equilibrium is the land model's AD spin-up to a strict criterion (|NEE| < `tol` for `window` years in
 both phases) — close enough to a fixed point that one more year changes no pool by more than ~0.1 gC m-2.
-Held-out cells are whole spatial blocks (`block` x `block` grid cells), so test cells are not neighbours of
-training cells. `site_copies` adds, per training cell, that many extra training sites under the same forcing
+Held-out cells are whole regions (`block` x `block` grid cells; 16 on the 64x128 grid): a share `holdout` of
+the regions is the test set (reported once), a share `validation` the validation set (every choice), and the
+land cells within `buffer` cells (Chebyshev distance, periodic in longitude) of a held-out region that are not
+held out themselves are dropped. Why: the random fields are smoothed with a Gaussian of 2 cells per 32 rows
+(sigma = 4 cells on 64x128), so a training cell next to a test cell shares most of its noise; the default
+buffer of 4 cells (one sigma) keeps the nearest training cell at least 5 cells away, and the test region's
+interior much further. `site_copies` adds, per training cell, that many extra training sites under the same forcing
 with perturbed clay, sand and N deposition (as a site-level ensemble would), each spun up like the
 originals: the equilibrium depends on those properties, and 1-2 thousand cells cover them thinly.
 """
@@ -109,15 +114,33 @@ def assign_pft(tmean: np.ndarray, wmean: np.ndarray) -> np.ndarray:
     return np.where(wmean < 0.35, 3, pft)
 
 
-def holdout_blocks(rows: np.ndarray, cols: np.ndarray, block: int, fraction: float, seed: int) -> np.ndarray:
-    """(N,) 1 for held-out cells: all cells of a random `fraction` of the occupied `block`-sized tiles."""
-    if not 0.0 < fraction < 1.0 or block < 1:
-        raise ValueError(f"need 0 < holdout fraction < 1 and block >= 1, got {fraction}, {block}")
+TRAIN, TEST, VALIDATION = 0, 1, 2  # values of the store's `split`
+BUFFER = -1  # cells dropped from the store (too close to a held-out region)
+
+
+def holdout_regions(rows: np.ndarray, cols: np.ndarray, grid: tuple[int, int], block: int, test: float,
+                    validation: float, buffer: int, seed: int) -> np.ndarray:
+    """(N,) split of the cells at (rows, cols) of `grid`: TEST for every cell of a random share `test` of the
+    occupied `block` x `block` regions, VALIDATION for a share `validation` of the others, BUFFER for the
+    remaining cells within `buffer` cells (max(|d row|, |d col|), col periodic) of a held-out cell, else TRAIN."""
+    if not (0.0 < test and 0.0 <= validation and test + validation < 1.0) or block < 1 or buffer < 0:
+        raise ValueError(f"need 0 < test, 0 <= validation, test + validation < 1, block >= 1, buffer >= 0; got "
+                         f"{test}, {validation}, {block}, {buffer}")
     tile = (rows // block) * 100_000 + cols // block
-    tiles = np.unique(tile)
-    rng = np.random.default_rng(seed + 1)
-    chosen = rng.choice(tiles, size=max(1, round(fraction * tiles.size)), replace=False)
-    return np.isin(tile, chosen).astype(np.int8)
+    tiles = np.random.default_rng(seed + 1).permutation(np.unique(tile))
+    n_test = max(1, round(test * tiles.size))
+    n_val = max(1, round(validation * tiles.size)) if validation > 0 else 0
+    if n_test + n_val >= tiles.size:
+        raise ValueError(f"{tiles.size} occupied {block}x{block} regions leave no training region for "
+                         f"{n_test} test and {n_val} validation regions; use a smaller block")
+    split = np.full(rows.size, TRAIN, dtype=np.int8)
+    split[np.isin(tile, tiles[:n_test])] = TEST
+    split[np.isin(tile, tiles[n_test:n_test + n_val])] = VALIDATION
+    held = np.zeros(grid, dtype=bool)
+    held[rows[split != TRAIN], cols[split != TRAIN]] = True
+    near = ndimage.maximum_filter(held, size=2 * buffer + 1, mode=("constant", "wrap"))
+    split[(split == TRAIN) & near[rows, cols]] = BUFFER
+    return split
 
 
 def cell_inputs(climate: xr.Dataset) -> tuple[np.ndarray, np.ndarray, lm.Forcing, lm.Site]:
@@ -144,17 +167,23 @@ def perturbed_sites(site: lm.Site, copies: int, seed: int) -> lm.Site:
 
 
 def generate(grid: tuple[int, int] = (64, 128), seed: int = 0, tol: float = 0.02, window: int = 5,
-             max_years: int = 6000, holdout: float = 0.2, block: int = 4, site_copies: int = 0) -> xr.Dataset:
+             max_years: int = 6000, holdout: float = 0.2, validation: float = 0.1, block: int = 16, buffer: int = 4,
+             site_copies: int = 0) -> xr.Dataset:
     """The whole training set as one dataset (dims cell, month, lat, lon); see the module docstring."""
     grid = check_grid(grid)
     if site_copies < 0:
         raise ValueError(f"site_copies must be >= 0 (extra perturbed sites per training cell), got {site_copies}")
     climate = make_climate(grid, seed)
     rows, cols, forcing, site = cell_inputs(climate)
-    split = holdout_blocks(rows, cols, block, holdout, seed)
+    split = holdout_regions(rows, cols, grid, block, holdout, validation, buffer, seed)
+    keep = split != BUFFER
+    buffer_cells = int((~keep).sum())
+    rows, cols, split = rows[keep], cols[keep], split[keep]
+    forcing = lm.Forcing(forcing.tair[keep], forcing.soil_moisture[keep], forcing.radiation[keep])
+    site = lm.Site(site.clay[keep], site.sand[keep], site.pft[keep], site.ndep[keep])
     copy = np.zeros(rows.size, dtype=np.int16)
     if site_copies:  # only training cells get copies: held-out blocks stay exactly as they were
-        train = np.nonzero(split == 0)[0]
+        train = np.nonzero(split == TRAIN)[0]
         extra = perturbed_sites(lm.Site(site.clay[train], site.sand[train], site.pft[train], site.ndep[train]),
                                 site_copies, seed)
         idx = np.concatenate([np.arange(rows.size), np.tile(train, site_copies)])
@@ -182,7 +211,7 @@ def generate(grid: tuple[int, int] = (64, 128), seed: int = 0, tol: float = 0.02
     for name in MAP_VARS:
         data[f"map_{name}"] = (("lat", "lon"), climate[name].values, VAR_ATTRS[name])
     data["row"], data["col"] = (cell, rows.astype(np.int32)), (cell, cols.astype(np.int32))
-    data["split"] = (cell, split, {"long_name": "0 = training cell, 1 = held-out test cell"})
+    data["split"] = (cell, split, {"long_name": "0 = training cell, 1 = test cell, 2 = validation cell"})
     data["site_copy"] = (cell, copy, {"long_name": "0 = the grid cell's own site, k > 0 = k-th perturbed site"})
     data["spinup_years_ad"] = (cell, result.years, {"units": "yr", "long_name": "AD + normal spin-up years used"})
     data["final_nee"] = (cell, result.fluxes["nee"], {"units": "gC m-2 yr-1", "long_name": "NEE of the last year"})
@@ -195,6 +224,7 @@ def generate(grid: tuple[int, int] = (64, 128), seed: int = 0, tol: float = 0.02
     ds.lon.attrs.update(units="degrees_east", standard_name="longitude")
     ds.attrs.update(grid=f"{grid[0]}x{grid[1]}", seed=seed, tol_gc_m2_yr=tol, window_years=window,
                     spinup_wall_s=wall, cells=int(model.n), unconverged_cells=int((~converged).sum()),
+                    holdout_block=block, buffer_cells_dropped=buffer_cells, buffer=buffer,
                     outputs=" ".join(lm.OUTPUTS))
     return ds.isel(cell=np.nonzero(converged)[0])
 
@@ -303,7 +333,7 @@ class ElmArrays:
     forcing (N, 12, 3), statics (N, 5 + n_features + n_pft) (z-scored site values and `forcing_features`,
     one-hot PFT), patch (N, len(MAP_VARS), K, K),
     target (N, len(lm.LEARNED_OUTPUTS)) in training space, truth (N, len(lm.OUTPUTS)) physical, ndep (N,)
-    physical; `train` / `test` index arrays from the store's spatial-block split (`data_fraction` keeps a
+    physical; `train` / `val` / `test` index arrays from the store's region split (`data_fraction` keeps a
     seeded share of the training cells).
     """
 
@@ -314,8 +344,9 @@ class ElmArrays:
         ds = ds.load()
         self.dataset = ds
         split = ds.split.values
-        train = np.nonzero(split == 0)[0]
-        self.test = np.nonzero(split == 1)[0]
+        train = np.nonzero(split == TRAIN)[0]
+        self.val = np.nonzero(split == VALIDATION)[0]
+        self.test = np.nonzero(split == TEST)[0]
         if data_fraction < 1.0:
             keep = max(1, round(data_fraction * train.size))
             train = np.sort(np.random.default_rng(seed).permutation(train)[:keep])

@@ -4,8 +4,9 @@ The model (`orbit.models.downscale_net.DownscaleViT`) keeps the pretrained trans
 gets a new input embedding (coarse fields interpolated to the fine grid + fine orography and
 land-sea mask) and a pixel-shuffle head with a residual convolutional path. It trains on
 normalized training-space fields (log1p precipitation) with the latitude-weighted MSE, and is
-scored in physical units against bicubic interpolation of the coarse input with the metrics of
-`orbit.metrics.downscale`.
+scored in physical units with the metrics of `orbit.metrics.downscale` against two baselines: bicubic
+interpolation of the coarse input, and bicubic plus a per-channel linear regression on the
+high-resolution statics (`StaticsRegression`, the terrain correction a network must beat).
 """
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
 from orbit.config import RunConfig
 from orbit.synthetic import fine_scale as downscale
 from orbit.data.downscale_dataset import DownscaleBatch, DownscaleDataset, DownscaleLoader
-from orbit.metrics.weather import lat_weighted_mse_loss
+from orbit.data.sampler import evenly_spaced
+from orbit.metrics.weather import lat_weighted_mse_loss, latitude_weights
 from orbit.metrics.downscale import PERCENTILES, downscaling_scores
 from orbit.models.downscale_net import DownscaleViT, upsample_bicubic
 from orbit.models.registry import get_config
@@ -32,7 +35,7 @@ from orbit.train.task import Task
 from orbit.run.plots import plot_loss_curve, plt
 from orbit.train.finetune import prepare_model
 
-METHODS = ("model", "bicubic")
+METHODS = ("model", "bicubic", "bicubic + statics regression")
 
 
 @dataclass
@@ -46,7 +49,7 @@ class DownscaleOptions:
 
 @register_task("downscale", options=DownscaleOptions, **WEATHER_SECTIONS)
 class DownscaleTask(Task):
-    """Train on `data.train_years` of the store, score every `eval.stride`-th step of `eval.years`."""
+    """Train on `data.train_years` of the store, score `eval.max_samples` steps spread over `eval.years`."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -62,6 +65,7 @@ class DownscaleTask(Task):
         self.eval_set = DownscaleDataset(opts.store, data.channels, eval_years)
         self.lat = torch.as_tensor(self.train_set.lat)
         self.statics = torch.from_numpy(self.train_set.statics)
+        self.regression = StaticsRegression.fit(self.train_set, self.cfg.eval.batch_size)
         self._example: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ model and training
@@ -89,18 +93,20 @@ class DownscaleTask(Task):
     # ------------------------------------------------------------------ evaluation
     def _eval_indices(self) -> list[list[int]]:
         ev = self.cfg.eval
-        indices = np.arange(0, len(self.eval_set), ev.stride)[:ev.max_samples].tolist()
+        indices = evenly_spaced(len(self.eval_set), ev.max_samples).tolist()
         return [indices[i:i + ev.batch_size] for i in range(0, len(indices), ev.batch_size)]
 
     def _predict_eval(self, engine) -> dict[str, torch.Tensor]:
         """Physical-unit fields of the evaluation steps: model, bicubic, truth (N, C, H, W); coarse (N, C, h, w)."""
-        out: dict[str, list[torch.Tensor]] = {"model": [], "bicubic": [], "truth": [], "coarse": [], "index": []}
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in (*METHODS, "truth", "coarse", "index")}
         to_physical = self.eval_set.to_physical
         for chunk in self._eval_indices():
             batch = self.eval_set.batch(chunk)
             coarse = to_physical(batch.coarse)
             out["model"].append(to_physical(engine.forward(self.model_inputs(batch)).float().cpu()))
-            out["bicubic"].append(bicubic_baseline(coarse, self.eval_set.scale, self.eval_set.channels))
+            bicubic = bicubic_baseline(coarse, self.eval_set.scale, self.eval_set.channels)
+            out["bicubic"].append(bicubic)
+            out["bicubic + statics regression"].append(self.regression.predict(bicubic))
             out["truth"].append(to_physical(batch.fine))
             out["coarse"].append(coarse)
             out["index"].append(batch.index)
@@ -120,7 +126,8 @@ class DownscaleTask(Task):
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         run_dir = Path(run_dir)
-        table = scores_table({self.cfg.name: summary["scores"]["model"], "bicubic": summary["scores"]["bicubic"]})
+        table = scores_table({(self.cfg.name if method == "model" else method): summary["scores"][method]
+                              for method in METHODS})
         print(table)
         (run_dir / "downscale_scores.md").write_text(
             f"Downscaling scores on {summary['samples']} held-out steps of {self.cfg.eval.years} "
@@ -150,6 +157,50 @@ def bicubic_baseline(coarse: torch.Tensor, scale: int, channels: tuple[str, ...]
     up = upsample_bicubic(coarse, scale)
     nonnegative = torch.tensor([c in downscale.LOG_CHANNELS for c in channels])[None, :, None, None]
     return torch.where(nonnegative, up.clamp_min(0.0), up)
+
+
+class StaticsRegression:
+    """Baseline: bicubic plus a linear terrain correction, per channel c, in training space T (log1p for tp):
+
+        y_c = T^-1( T(b_c) + beta_c . f ),   f = (1, s_k, s_k - U[B[s_k]] for each static s_k),
+
+    b_c the bicubic of the coarse field, B the block mean, U bicubic upsampling (so s - U[B[s]] is the
+    static's fine-scale detail). beta_c minimizes the area-weighted squared residual T(fine) - T(b_c) over the
+    training steps and pixels; the features do not change with time, so that is the weighted least squares
+    fit of the training-mean residual map. Physical units in and out, precipitation >= 0.
+    """
+
+    def __init__(self, features: torch.Tensor, beta: torch.Tensor, channels: tuple[str, ...]):
+        self.features, self.beta, self.channels = features, beta, channels  # (K, H, W), (C, K)
+
+    @classmethod
+    def fit(cls, dataset: DownscaleDataset, batch_size: int = 64) -> "StaticsRegression":
+        statics = torch.from_numpy(dataset.statics).double()  # (S, H, W)
+        detail = statics - upsample_bicubic(F.avg_pool2d(statics[None], dataset.scale), dataset.scale)[0]
+        features = torch.cat([torch.ones_like(statics[:1]), statics, detail])  # (K, H, W)
+        mean_residual = torch.zeros(len(dataset.channels), *statics.shape[1:], dtype=torch.float64)
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset.batch(range(start, min(start + batch_size, len(dataset))))
+            bicubic = bicubic_baseline(dataset.to_physical(batch.coarse), dataset.scale, dataset.channels)
+            residual = _training_space(dataset.to_physical(batch.fine), dataset.channels) - _training_space(
+                bicubic, dataset.channels)
+            mean_residual += residual.double().sum(dim=0) / len(dataset)
+        w = latitude_weights(torch.as_tensor(dataset.lat).double())[:, None].expand_as(statics[0]).reshape(-1)
+        x = features.reshape(len(features), -1).T * w.sqrt()[:, None]  # (HW, K)
+        y = mean_residual.reshape(len(mean_residual), -1).T * w.sqrt()[:, None]  # (HW, C)
+        beta = torch.linalg.lstsq(x, y).solution.T  # (C, K)
+        return cls(features, beta, dataset.channels)
+
+    def predict(self, bicubic: torch.Tensor) -> torch.Tensor:
+        """bicubic: (B, C, H, W) physical -> corrected (B, C, H, W) physical."""
+        correction = torch.einsum("ck,khw->chw", self.beta, self.features).to(bicubic.dtype)
+        corrected = _training_space(bicubic, self.channels) + correction
+        return torch.stack([downscale.to_physical(c, corrected[:, j]) for j, c in enumerate(self.channels)], dim=1)
+
+
+def _training_space(fields: torch.Tensor, channels: tuple[str, ...]) -> torch.Tensor:
+    """(B, C, H, W) physical -> training space per channel (log1p for precipitation)."""
+    return torch.stack([downscale.to_training_space(c, fields[:, j]) for j, c in enumerate(channels)], dim=1)
 
 
 def scores_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:

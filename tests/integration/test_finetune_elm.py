@@ -8,6 +8,7 @@ import xarray as xr
 
 from orbit.cli import main
 from orbit.synthetic import land_model as lm
+from orbit.tasks.elm_spinup import STARTS
 
 CONFIG = "configs/finetune/elm_spinup/tiny.yaml"
 
@@ -16,7 +17,7 @@ CONFIG = "configs/finetune/elm_spinup/tiny.yaml"
 def elm_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("elm") / "elm.zarr"
     assert main(["data", "elm", "--out", str(path), "--grid", "16x32", "--tol", "5", "--max-years", "3000",
-                 "--holdout", "0.3", "--block", "2"]) == 0
+                 "--holdout", "0.3", "--validation", "0.15", "--block", "4", "--buffer", "1"]) == 0
     return path
 
 
@@ -24,21 +25,27 @@ def test_finetune_and_evaluate_the_elm_emulator(elm_store, pretrained_ckpt, tmp_
     run_dir = tmp_path / "run"
     assert main(["finetune", "--config", CONFIG, "--init", str(pretrained_ckpt), "--run-dir", str(run_dir),
                  f"options.store={elm_store}", "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1",
-                 "train.ckpt_every=3", "data.batch_size=8", "options.validation_cells=4",
-                 "options.max_spinup_years=30", "options.drift_window=2"]) == 0
+                 "train.ckpt_every=3", "data.batch_size=8", "options.spinup_cells=4",
+                 "options.max_spinup_years=30", "options.mlp_hidden=16"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["step"] == 3 and set(summary["r2"]) == set(lm.OUTPUTS)
+    assert summary["step"] == 3
+    for method in ("emulator", "mlp", "ridge"):
+        assert set(summary["r2"][method]) == {"val", "test"} and set(summary["r2"][method]["test"]) == set(lm.OUTPUTS)
     for name in ("elm_report.md", "elm_scatter.png", "elm_drift.png", "spinup_validation.json", "loss.png"):
         assert (run_dir / name).is_file(), name
     validation = json.loads((run_dir / "spinup_validation.json").read_text())
-    assert validation["cells"] == 4 and {"cold start", "cold start, AD", "emulated"} <= set(validation)
+    store = xr.open_zarr(elm_store, consolidated=True)
+    for split in ("validation", "test"):  # judged by the truth's own criterion, from every start
+        result = validation[split]
+        assert result["cells"] == 4 and result["tol"] == store.attrs["tol_gc_m2_yr"] == 5.0
+        assert set(STARTS) <= set(result) and set(result["emulated"]["pool_distance_done"]) == set(lm.STATE)
+    assert "independent" in (run_dir / "elm_report.md").read_text()
 
     out = tmp_path / "eval"
-    assert main(["evaluate", "--run-dir", str(run_dir), "--out", str(out), "options.validation_cells=0"]) == 0
+    assert main(["evaluate", "--run-dir", str(run_dir), "--out", str(out), "options.spinup_cells=0"]) == 0
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert evaluation["step"] == 3 and np.isfinite(evaluation["scalars"]["r2_median"])
+    assert evaluation["step"] == 3 and np.isfinite(evaluation["scalars"]["test_r2_median"])
     pred = xr.open_zarr(out / "predictions.zarr", consolidated=True)
-    store = xr.open_zarr(elm_store, consolidated=True)
     assert pred.sizes["cell"] == store.sizes["cell"]
     assert set(lm.OUTPUTS) <= set(pred.data_vars)
     assert pred.soil3c.attrs["units"] == "gC m-2" and pred.gpp.attrs["units"] == "gC m-2 yr-1"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from orbit.synthetic import land_model as lm
-from orbit.data.elm_dataset import extract_patches, holdout_blocks, insolation
+from orbit.data.elm_dataset import BUFFER, TEST, TRAIN, VALIDATION, extract_patches, holdout_regions, insolation
 
 MONTH = np.arange(12)
 
@@ -89,6 +89,36 @@ def test_derived_nloss_obeys_the_equilibrium_nitrogen_balance(spun_up):
         lm.derive_outputs({k: v for k, v in learned.items() if k != "nfix"}, model.site.ndep)
 
 
+def test_output_identities_behind_the_independent_count(spun_up):
+    """The outputs not counted as independent are what lm.EXACT_FUNCTIONS / EQUILIBRIUM_FUNCTIONS say:
+    uptake = NPP x N per C of growth in any year; Rh = litterfall = NPP and net_nmin = uptake at equilibrium."""
+    model, result = spun_up
+    truth = lm.equilibrium_outputs(model, result.state, result.fluxes)
+    np.testing.assert_allclose(truth["plant_nuptake"], truth["npp"] * model.n_per_c_growth, rtol=1e-12)
+    np.testing.assert_allclose(truth["ra"], truth["gpp"] - truth["npp"], rtol=1e-12)
+    for name, other in (("hr", "npp"), ("litfall", "npp"), ("net_nmin", "plant_nuptake")):
+        np.testing.assert_allclose(truth[name], truth[other], rtol=0.01, atol=0.02)
+    assert len(lm.INDEPENDENT_OUTPUTS) == 19 and "nfix" in lm.INDEPENDENT_OUTPUTS and "hr" not in lm.INDEPENDENT_OUTPUTS
+
+
+def test_done_state_and_the_accelerated_image(spun_up):
+    model, result = spun_up
+    # leaving AD multiplies the AD pools by AD_FACTORS: to_accelerated is its inverse
+    image = lm.to_accelerated(result.state)
+    assert image[0, lm.IDX["soil3c"]] == pytest.approx(result.state[0, lm.IDX["soil3c"]] / 100.0)
+    np.testing.assert_array_equal(image[:, lm.IDX["leafc"]], result.state[:, lm.IDX["leafc"]])
+    # each cell hands over its state of the year its criterion first held, not the last simulated one
+    cold = lm.spin_up(model, lm.cold_start(model.n), tol=0.5, window=3, max_years=2000, accelerated=True)
+    first = cold.years.argmin()
+    assert cold.years[first] < cold.years.max()
+    replay = lm.spin_up(model, lm.cold_start(model.n), tol=0.5, window=3, max_years=int(cold.years[first]) + 3,
+                        accelerated=True)
+    np.testing.assert_allclose(cold.done_state[first], replay.state[first])
+    # a cell still in AD at the cap hands over its scaled-back pools
+    stuck = lm.spin_up(model, lm.cold_start(model.n), tol=1e-9, window=3, max_years=5, accelerated=True)
+    np.testing.assert_allclose(lm.to_accelerated(stuck.done_state), stuck.state)
+
+
 def test_plain_spin_up_from_cold_start_takes_centuries():
     model = _cells()  # the real turnover rates
     result = lm.spin_up(model, lm.cold_start(model.n), tol=1.0, window=10, max_years=300, record=True)
@@ -143,12 +173,24 @@ def test_patches_wrap_in_longitude_and_repeat_the_polar_row():
         extract_patches(maps, np.array([0]), np.array([0]), 2)
 
 
-def test_holdout_takes_whole_blocks_and_insolation_is_physical():
-    rows, cols = np.divmod(np.arange(64), 8)
-    split = holdout_blocks(rows, cols, block=2, fraction=0.25, seed=0)
-    assert split.sum() == 16  # 4 of the 16 2x2 blocks
-    for r, c in zip(rows[split == 1], cols[split == 1]):
-        assert split[(rows // 2 == r // 2) & (cols // 2 == c // 2)].all()
+def test_holdout_takes_whole_regions_with_a_buffer_and_insolation_is_physical():
+    grid = (16, 32)
+    rows, cols = np.divmod(np.arange(16 * 32), 32)
+    split = holdout_regions(rows, cols, grid, block=4, test=0.2, validation=0.1, buffer=2, seed=0)
+    assert (split == TEST).sum() == 6 * 16 and (split == VALIDATION).sum() == 3 * 16  # of the 32 4x4 regions
+    tile = (rows // 4) * 100 + cols // 4
+    for kind in (TEST, VALIDATION):  # whole regions
+        assert all((split[tile == t] == kind).all() for t in np.unique(tile[split == kind]))
+    held = split >= TEST
+    for i in np.nonzero(split == TRAIN)[0]:  # every training cell is > 2 cells from any held-out cell
+        dlon = np.abs(cols[held] - cols[i])
+        assert (np.maximum(np.abs(rows[held] - rows[i]), np.minimum(dlon, 32 - dlon)) > 2).all()
+    buffer = np.nonzero(split == BUFFER)[0]
+    assert buffer.size and all(((np.abs(rows[held] - rows[b]) <= 2)
+                                & (np.minimum(np.abs(cols[held] - cols[b]), 32 - np.abs(cols[held] - cols[b])) <= 2)
+                                ).any() for b in buffer)
+    with pytest.raises(ValueError, match="no training region"):
+        holdout_regions(rows, cols, grid, block=8, test=0.5, validation=0.45, buffer=0, seed=0)
     q = insolation(np.array([0.0, 89.0, -89.0]), MONTH)
     assert q[1, 0] == 0.0 and q[2, 0] > 400 and q[1, 5] > 400  # polar night / polar day
     assert 380 < q[0].mean() < 440  # tropics: ~S0 / pi
