@@ -47,8 +47,8 @@ def cmd_elm(args) -> int:
     from orbit.data.elm_dataset import write_dataset
 
     path = write_dataset(args.out, overwrite=args.overwrite, grid=args.grid, seed=args.seed, tol=args.tol,
-                         max_years=args.max_years, holdout=args.holdout, block=args.block,
-                         site_copies=args.site_copies)
+                         max_years=args.max_years, holdout=args.holdout, validation=args.validation,
+                         block=args.block, buffer=args.buffer, site_copies=args.site_copies)
     print(path)
     return 0
 
@@ -188,8 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     elm.add_argument("--seed", type=int, default=0)
     elm.add_argument("--tol", type=float, default=0.02, help="equilibrium criterion |NEE| < tol, gC m-2 yr-1")
     elm.add_argument("--max-years", type=int, default=6000, help="spin-up years before a cell is dropped")
-    elm.add_argument("--holdout", type=float, default=0.2, help="fraction of spatial blocks held out")
-    elm.add_argument("--block", type=int, default=4, help="held-out block size in grid cells")
+    elm.add_argument("--holdout", type=float, default=0.2, help="fraction of the regions held out for test")
+    elm.add_argument("--validation", type=float, default=0.1, help="fraction of the regions held out for validation")
+    elm.add_argument("--block", type=int, default=16, help="held-out region size in grid cells")
+    elm.add_argument("--buffer", type=int, default=4,
+                     help="cells around held-out regions dropped (no training cell closer than this)")
     elm.add_argument("--site-copies", type=int, default=0,
                      help="extra perturbed-soil/N-deposition sites per training cell (more training samples)")
     elm.add_argument("--overwrite", action="store_true")
