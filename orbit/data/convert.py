@@ -2,7 +2,7 @@
 
 Steps: check the arguments (before any data is read) -> open and canonicalize lazily
 (:mod:`orbit.data.readers`) -> select variables and pressure levels -> regrid (:mod:`orbit.data.regrid`)
--> keep the times every variable has -> :func:`orbit.data.store.write_store`, which adds the
+-> keep the times every variable has -> :func:`orbit.data.writer.write_store`, which adds the
 normalization statistics and the climatology of the training years.
 
 The native time step is kept: 6-hourly reanalysis stays 6-hourly, monthly or daily CMIP6 output
@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from orbit.data import readers, regrid, store
+from orbit.data import readers, regrid, store, writer
 
 FORMATS = ("auto", "cmip6", "era5")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 TEST_FRACTION = 0.2  # default: the last 20 % of the years are held out of the statistics
-IN_MEMORY_BYTES = 1 << 30  # regridded fields below this are computed once and kept in memory
 
 
 def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, fmt: str = "auto",
@@ -68,15 +67,13 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, f
 
     ds = _merge_in_time(fields)
     years = _train_years(ds["time"].values, train_years)
-    if ds.nbytes < IN_MEMORY_BYTES:
-        ds = ds.load()
     attrs = {
         **data.attrs,
         "time_step": readers.infer_time_step(ds["time"].values),
         "history": _history(fmt, paths, grids, target, method_used, data.notes),
     }
-    store.write_store(ds, output, source=source, kind=data.kind, train_years=years, statics=statics,
-                      attrs=attrs, overwrite=overwrite)
+    writer.write_store(ds, output, source=source, kind=data.kind, train_years=years, statics=statics,
+                       attrs=attrs, overwrite=overwrite)
     return output
 
 

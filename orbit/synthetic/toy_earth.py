@@ -75,7 +75,9 @@ sets the initial state of the oscillators.
 """
 from __future__ import annotations
 
+import dataclasses
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -85,7 +87,7 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage, special
 
-from orbit.data import store
+from orbit.data import store, writer
 
 A_EARTH = 6.371e6  # m
 OMEGA = 7.292e-5  # s-1
@@ -619,31 +621,16 @@ def time_axis(years: tuple[int, int]) -> np.ndarray:
     return pd.date_range(f"{start}-01-01", f"{end}-12-31T18:00", freq="6h").values
 
 
-def generate(source: str, years: tuple[int, int], grid: tuple[int, int] = (32, 64),
-             seed: int = 0) -> tuple[xr.Dataset, xr.Dataset]:
-    """Run the toy Earth for ``source`` over the calendar ``years`` (inclusive).
-
-    Returns ``(fields, statics)`` in the store layout: fields float32 ``(time, lat, lon)`` or
-    ``(time, level, lat, lon)`` with only the source's variables; statics ``(lat, lon)``.
-    Memory: about 56 bytes x H x W per step for all 14 channels (1.7 GB for 10 years at 32x64).
-    """
-    spec = check_source(source)
-    grid = check_grid(grid)
-    years = check_years(years)
-    times = time_axis(years)
-    earth = ToyEarth(spec, grid)
-    state = earth.initial_state(_rng(source, seed), times[0] - SPINUP_STEPS * np.timedelta64(6, "h"))
+def _spun_up(earth: ToyEarth, source: str, seed: int, first: np.datetime64) -> ToyState:
+    """The state at ``first - 6 h`` after the spin-up from the seeded initial state."""
+    state = earth.initial_state(_rng(source, seed), first - SPINUP_STEPS * np.timedelta64(6, "h"))
     for k in range(SPINUP_STEPS - 1, 0, -1):
-        state, _ = earth.step(state, times[0] - k * np.timedelta64(6, "h"))
+        state, _ = earth.step(state, first - k * np.timedelta64(6, "h"))
+    return state
 
-    h, w = grid
-    arrays = {name: np.empty((len(times), *((2,) if name in VARIABLES_3D else ()), h, w), np.float32)
-              for name in spec.variables}
-    for n, time in enumerate(times):
-        state, out = earth.step(state, time)
-        for name, array in arrays.items():
-            array[n] = out[name]
 
+def _fields(spec: SourceSpec, grid: tuple[int, int], times: np.ndarray, arrays: dict[str, np.ndarray]) -> xr.Dataset:
+    """The store layout around ``arrays`` (name -> (T, [2,] H, W) float32)."""
     lat, lon = grid_coords(grid)
     data_vars = {}
     for name in spec.variables:
@@ -652,17 +639,66 @@ def generate(source: str, years: tuple[int, int], grid: tuple[int, int] = (32, 6
     coords = {"time": times, "lat": lat.astype(np.float32), "lon": lon.astype(np.float32)}
     if any(name in VARIABLES_3D for name in spec.variables):
         coords["level"] = np.array(LEVELS, dtype=np.int32)
-    fields = xr.Dataset(data_vars, coords=coords)
-    return fields, earth.statics
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def _step_shapes(spec: SourceSpec, grid: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    return {name: ((2,) if name in VARIABLES_3D else ()) + tuple(grid) for name in spec.variables}
+
+
+def generate(source: str, years: tuple[int, int], grid: tuple[int, int] = (32, 64),
+             seed: int = 0) -> tuple[xr.Dataset, xr.Dataset]:
+    """Run the toy Earth for ``source`` over the calendar ``years`` (inclusive), all in memory.
+
+    Returns ``(fields, statics)`` in the store layout: fields float32 ``(time, lat, lon)`` or
+    ``(time, level, lat, lon)`` with only the source's variables; statics ``(lat, lon)``.
+    Memory: about 56 bytes x H x W per step for all 14 channels (1.7 GB for 10 years at 32x64);
+    :func:`generate_blocks` and :func:`synthesize` hold one block at a time instead.
+    """
+    spec = check_source(source)
+    times = time_axis(check_years(years))
+    blocks = list(generate_blocks(source, years, grid, seed, block_steps=times.size))
+    return blocks[0][0], make_statics(check_grid(grid), spec.orography_scale)
+
+
+def generate_blocks(source: str, years: tuple[int, int], grid: tuple[int, int] = (32, 64), seed: int = 0, *,
+                    block_steps: int, start: int = 0,
+                    state: ToyState | None = None) -> Iterator[tuple[xr.Dataset, ToyState]]:
+    """The fields of :func:`generate`, ``block_steps`` time steps at a time, each with the state after it.
+
+    To resume, pass the time index ``start`` where a block ended and the state yielded with that
+    block; ``state=None`` starts from the spin-up (``start`` must then be 0). Bitwise identical to
+    one :func:`generate` call.
+    """
+    spec = check_source(source)
+    grid = check_grid(grid)
+    times = time_axis(check_years(years))
+    if block_steps < 1 or not 0 <= start < times.size or (state is None and start != 0):
+        raise ValueError(f"need block_steps >= 1 and 0 <= start < {times.size} with a state unless start == 0; "
+                         f"got block_steps={block_steps}, start={start}, state={'given' if state else None}")
+    earth = ToyEarth(spec, grid)
+    if state is None:
+        state = _spun_up(earth, source, seed, times[0])
+    shapes = _step_shapes(spec, grid)
+    for first in range(start, times.size, block_steps):
+        block_times = times[first:first + block_steps]
+        arrays = {name: np.empty((block_times.size, *shape), np.float32) for name, shape in shapes.items()}
+        for n, time in enumerate(block_times):
+            state, out = earth.step(state, time)
+            for name, array in arrays.items():
+                array[n] = out[name]
+        yield _fields(spec, grid, block_times, arrays), state
 
 
 def synthesize(root: str | Path, sources: list[str] | None = None, years: tuple[int, int] = (1990, 1999),
                grid: tuple[int, int] = (32, 64), seed: int = 0, train_years: tuple[int, int] | None = None,
-               overwrite: bool = False) -> dict[str, Path]:
+               overwrite: bool = False, progress: bool = False) -> dict[str, Path]:
     """Generate each toy source and write ``<root>/<source>.zarr``; returns {source: path}.
 
     ``train_years`` (default: all but the last two years, or all years if fewer than 3) sets the
-    years used for normalization statistics and climatology.
+    years used for normalization statistics and climatology. Written block by block with
+    :func:`orbit.data.writer.write_blocks` (memory: one block, whatever the length; an interrupted run
+    resumes when called again with the same arguments); ``progress`` shows a progress bar.
     """
     sources = list(SOURCES) if sources is None else list(sources)
     for source in sources:
@@ -678,13 +714,24 @@ def synthesize(root: str | Path, sources: list[str] | None = None, years: tuple[
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"stores already exist: {existing}; pass overwrite=True to replace them")
+    times = time_axis(years)
     for source, path in paths.items():
         spec = SOURCES[source]
-        fields, statics = generate(source, years, grid, seed)
+        template = _fields(spec, grid, times, {name: np.broadcast_to(np.float32(0), (times.size, *shape))
+                                               for name, shape in _step_shapes(spec, grid).items()})
+        block_steps = writer.steps_per_block(template)
+
+        def produce(start: int, saved: dict, source: str = source) -> Iterator[tuple[xr.Dataset, dict]]:
+            state = ToyState(**saved) if saved else None
+            for block, after in generate_blocks(source, years, grid, seed, block_steps=block_steps, start=start,
+                                                state=state):
+                yield block, dataclasses.asdict(after)
+
         attrs = {"title": spec.title, "institution": spec.institution,
                  "history": f"orbit.synthetic.toy_earth.generate(source={source!r}, years={years}, grid={grid}, seed={seed})"}
-        store.write_store(fields, path, source=source, kind=spec.kind, train_years=train_years,
-                          statics=statics, attrs=attrs, overwrite=overwrite)
+        writer.write_blocks(template, produce, path, source=source, kind=spec.kind, train_years=train_years,
+                            statics=make_statics(grid, spec.orography_scale), attrs=attrs, overwrite=overwrite,
+                            progress=progress)
     return paths
 
 

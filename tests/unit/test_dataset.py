@@ -8,7 +8,7 @@ import torch
 import xarray as xr
 import zarr
 
-from orbit.data import store
+from orbit.data import store, writer
 from orbit.data.dataset import ForecastDataset
 
 H, W = 8, 16
@@ -36,7 +36,7 @@ def write_toy_store(path, *, source="era5", two_d=("t2m", "u10"), three_d=("z",)
         fields[name] = (("time", "level", "lat", "lon"), np.stack(levels, axis=1).astype(np.float32))
         k += len(LEVELS)
     ds = xr.Dataset(fields, coords={"time": times, "lat": lat, "lon": lon, "level": list(LEVELS)})
-    return store.write_store(ds, path, source=source, kind="reanalysis", train_years=(2000, 2000))
+    return writer.write_store(ds, path, source=source, kind="reanalysis", train_years=(2000, 2000))
 
 
 def raw_value(store_ds, channel, time_index):
