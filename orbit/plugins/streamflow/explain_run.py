@@ -98,9 +98,10 @@ def run_explain(run_dir: str | Path, methods: list[str] | None = None, samples: 
     if "ig" in methods:
         attributions["ig"] = integrated_gradients(model, inputs, lead - 1, steps=ig_steps)
         a = attributions["ig"]
-        result["ig_completeness"] = {"mean_abs_gap": float(a.gap.mean()),
-                                     "mean_abs_output_change": float(np.abs(a.delta).mean()),
-                                     "relative_gap": float(a.gap.mean() / max(np.abs(a.delta).mean(), 1e-12))}
+        scale = max(float(np.abs(a.delta).mean()), 1e-12)
+        result["ig_completeness"] = {"mean_abs_gap": float(a.gap.mean()), "median_abs_gap": float(np.median(a.gap)),
+                                     "mean_abs_output_change": scale, "relative_gap": float(a.gap.mean()) / scale,
+                                     "share_gap_above_5pct": float(np.mean(a.gap > 0.05 * scale))}
     if "shap" in methods:
         attributions["shap"] = shap_values(model, inputs, background, lead - 1, seed=seed)
     for name, attr in attributions.items():

@@ -153,18 +153,19 @@ class TemporalSequenceTransformer(nn.Module):
 
 
 class IMVLSTM(nn.Module):
-    r"""Family "imv_lstm": IMV-Full (Guo et al. 2019) over N = D + 1 variables (drivers and the flow
-    channel of `_sequence`), hidden matrix h~_t (N, d):
+    r"""Family "imv_lstm": IMV-Tensor (Guo et al. 2019) over N = D + 1 variables (drivers and the flow
+    channel of `_sequence`), hidden matrix h~_t (N, d) whose row n sees variable n only:
 
-        j~_t = tanh(W_j * h~_{t-1} + U_j * x_t + b_j)     (per variable: W_j (N, d, d), U_j (N, 1, d))
-        [i_t, f_t, o_t] = sigmoid(W [x_t, vec(h~_{t-1})] + b),  c_t = f c_{t-1} + i vec(j~_t),
-        h~_t = matrix(o_t tanh(c_t))
+        [j~, i, f, o]_t = [tanh, sigmoid, sigmoid, sigmoid](W * h~_{t-1} + U * x_t + b)
+                          (per variable: W (N, d, 4d), U (N, 4d): a tensor-dot, no mixing of variables)
+        c_t = f c_{t-1} + i j~_t,   h~_t = o tanh(c_t)
         alpha^n_t = softmax_t(F^n(h^n_t))          temporal attention, per variable
         g^n = sum_t alpha^n_t h^n_t
-        beta^n = softmax_n(F_beta([g^n, h^n_L]))   variable attention
+        beta^n = softmax_n(F_beta^n([g^n, h^n_L]))  variable attention
         y = sum_n beta^n mu^n,  mu^n = F_mu^n([g^n, h^n_L])  (H outputs per variable)
 
-    so alpha (temporal) and beta (variable importance) are read off, not estimated afterwards."""
+    so alpha (temporal) and beta (variable importance) are read off, not estimated afterwards. (IMV-Full,
+    whose gates see every variable, lets a variable's row carry others' information, which blurs beta.)"""
 
     def __init__(self, sizes: Sizes, hidden: int = 16, layers: int = 1, dropout: float = 0.0):
         super().__init__()
@@ -172,10 +173,9 @@ class IMVLSTM(nn.Module):
             raise ValueError(f"imv_lstm has one recurrent layer by construction, got layers={layers}")
         n, d = sizes.drivers + 1, hidden
         self.n, self.d, self.horizon = n, d, sizes.horizon
-        self.w_j = nn.Parameter(torch.randn(n, d, d) / d ** 0.5)
-        self.u_j = nn.Parameter(torch.randn(n, 1, d))
-        self.b_j = nn.Parameter(torch.zeros(n, d))
-        self.gates = nn.Linear(n + n * d, 3 * n * d)
+        self.w = nn.Parameter(torch.randn(n, d, 4 * d) / d ** 0.5)
+        self.u = nn.Parameter(torch.randn(n, 4 * d))
+        self.b = nn.Parameter(torch.zeros(n, 4 * d))
         self.f_alpha = nn.Parameter(torch.randn(n, d) / d ** 0.5)
         self.f_beta = nn.Parameter(torch.randn(n, 2 * d) / d ** 0.5)
         self.f_mu = nn.Parameter(torch.randn(n, 2 * d, sizes.horizon) / d ** 0.5)
@@ -187,14 +187,13 @@ class IMVLSTM(nn.Module):
         x = _sequence(x_past, x_future, q_past)
         b, length, n = x.shape
         h = x.new_zeros(b, n, self.d)
-        c = x.new_zeros(b, n * self.d)
+        c = x.new_zeros(b, n, self.d)
         states = []
         for t in range(length):
-            xt = x[:, t]
-            j = torch.tanh(torch.einsum("bnd,nde->bne", h, self.w_j) + xt[..., None] * self.u_j[:, 0] + self.b_j)
-            i, f, o = torch.sigmoid(self.gates(torch.cat([xt, h.reshape(b, -1)], dim=-1))).chunk(3, dim=-1)
-            c = f * c + i * j.reshape(b, -1)
-            h = (o * torch.tanh(c)).view(b, n, self.d)
+            z = torch.einsum("bnd,nde->bne", h, self.w) + x[:, t, :, None] * self.u + self.b
+            j, i, f, o = z.chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(j)
+            h = torch.sigmoid(o) * torch.tanh(c)
             states.append(h)
         hs = torch.stack(states, dim=2)                                          # (B, N, L, d)
         alpha = torch.softmax(torch.einsum("bnld,nd->bnl", hs, self.f_alpha), dim=-1)
