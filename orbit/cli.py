@@ -115,6 +115,8 @@ def cmd_plan(args) -> int:
     from orbit.config import load_config
     from orbit.perf.plan import Cluster, format_plan, parse_memory, plan
 
+    if args.search:
+        return _plan_search(args)
     cluster = Cluster(args.nodes, args.gpus_per_node, parse_memory(args.gpu_memory), headroom=args.headroom)
     result = plan(load_config(args.config, args.overrides), cluster, grid=args.grid, top=args.top,
                   always_suggest=args.suggest, flash_attention=not args.math_attention)
@@ -122,11 +124,24 @@ def cmd_plan(args) -> int:
     return 0 if result.fits else 1
 
 
+def _plan_search(args) -> int:
+    from orbit.config import load_config
+    from orbit.perf.devices import get_system
+    from orbit.perf.planner import format_search, search_config, search_json
+
+    cfg = load_config(args.config, args.overrides)
+    result = search_config(cfg, get_system(args.system, cfg.train.precision), args.nodes, grid=args.grid,
+                           top=args.top, flash_attention=not args.math_attention, headroom=args.headroom)
+    print(json.dumps(search_json(result), indent=1) if args.json else format_search(result))
+    return 0 if result["ranked"] else 1
+
+
 def cmd_bench(args) -> int:
     from orbit.perf.benchmark_report import run_scaling_benchmark
 
     command = "orbit bench " + " ".join(sys.argv[2:]) if args.command_line is None else args.command_line
-    md, png = run_scaling_benchmark(args.sizes, args.world_sizes, args.steps, args.out, command=command)
+    md, png = run_scaling_benchmark(args.sizes, args.world_sizes, args.steps, args.out, command=command,
+                                    predict=args.predict, calibration_path=args.calibration)
     print(md.read_text())
     print(f"wrote {md} and {png}")
     return 0
@@ -256,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--suggest", action="store_true", help="print suggestions even when the layout fits")
     plan.add_argument("--math-attention", action="store_true",
                       help="plan for attention that keeps the L x L softmax (no flash / memory-efficient SDPA)")
+    plan.add_argument("--search", action="store_true",
+                      help="rank layouts by the time model's predicted step (within memory) at the configured "
+                           "global batch; prints step, samples/s, TFLOP/s per device, MFU, memory and overrides")
+    plan.add_argument("--system", default="frontier", choices=["frontier", "dgx-a100", "dgx-h100", "dgx-h200"],
+                      help="with --search: node type (device profile, links, ranks per node)")
+    plan.add_argument("--json", action="store_true", help="with --search: JSON output for scripts")
     plan.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=8 data.batch_size=2")
     plan.set_defaults(func=cmd_plan)
 
@@ -267,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=3, help="timed steps per case (median reported)")
     bench.add_argument("--out", default="benchmarks/results/parallel_scaling",
                        help="path prefix of the .md and .png written")
+    bench.add_argument("--predict", action="store_true",
+                       help="calibrate this CPU (GEMM, attention, elementwise, dispatch, gloo) and write the time "
+                            "model's step beside each measured layout")
+    bench.add_argument("--calibration", default=None,
+                       help="with --predict: a calibration JSON to use instead of measuring now")
     bench.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     bench.set_defaults(func=cmd_bench)
 

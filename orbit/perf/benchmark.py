@@ -230,6 +230,7 @@ class Result:
 
     case: Case
     step_s: float
+    step_min_s: float
     cpu_s_per_rank: float
     samples_per_s: float
     tokens_per_s: float
@@ -244,13 +245,15 @@ class Result:
 
 
 def summarize(c: Case, per_rank: list[dict[str, Any]], peak_flops_per_rank: float) -> Result:
-    """Step time: median over steps of the slowest rank; bytes: mean over ranks; memory: worst rank.
+    """Step time: median (and minimum) over steps of the slowest rank; bytes: mean over ranks; memory:
+    worst rank.
     TFLOPS per rank = analytic training FLOPs of the global batch / step time / ranks; MFU divides
     it by one rank's peak. Tokens = spatial tokens after variable aggregation (B x L)."""
     size = SIZES[c.size]
     config = size.build().config
     info = model_info(config)
-    step_s = statistics.median(max(steps) for steps in zip(*(r["wall_s"] for r in per_rank)))
+    slowest = [max(steps) for steps in zip(*(r["wall_s"] for r in per_rank))]
+    step_s = statistics.median(slowest)
     flops = info["flops_per_sample_train"] * c.global_batch
     tflops = flops / step_s / c.world_size / 1e12
     labels = sorted({label for r in per_rank for label in r["sent"]})
@@ -262,7 +265,7 @@ def summarize(c: Case, per_rank: list[dict[str, Any]], peak_flops_per_rank: floa
                                    stages_per_rank=parallel.pp_stages_per_rank)
     full_state = info["params"] * BYTES_PER_PARAM_FP32_ADAMW
     return Result(
-        case=c, step_s=step_s,
+        case=c, step_s=step_s, step_min_s=min(slowest),
         cpu_s_per_rank=statistics.mean(statistics.median(r["cpu_s"]) for r in per_rank),
         samples_per_s=c.global_batch / step_s,
         tokens_per_s=c.global_batch * config.num_tokens / step_s,

@@ -1,14 +1,21 @@
-"""Run the scaling sweeps and write them up: a markdown page (machine, versions, command, tables)
-and a PNG (strong and weak scaling, counted vs analytic bytes, per-rank state memory)."""
+"""Run the scaling sweeps and write them up: a markdown page (machine, versions, command, tables),
+a PNG (strong and weak scaling, counted vs analytic bytes, per-rank state memory) and a JSON of every
+case; with `predict`, the time model's step beside each measured one (`orbit.perf.validate`)."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from orbit.perf import calibrate as calibration
 from orbit.perf.benchmark import Result, default_cases, device_peak, run_cases
+from orbit.perf.devices import cpu_system, load_cpu_fit
+from orbit.perf.validate import compare, prediction_table, summary_line
 
 CAVEAT = (
     "This machine has {cpus} CPU cores and each rank runs one thread, so every run with more than "
@@ -121,8 +128,17 @@ def summary(results: list[Result]) -> list[str]:
     return lines
 
 
+def prediction_section(rows: list[dict[str, Any]], note: str) -> list[str]:
+    return [
+        "## Predicted beside measured (time model, `orbit.perf.timemodel`)", "",
+        f"CPU profile: {note}. The model never sees a step time: its constants are GEMM, attention "
+        "and elementwise rates, per-op dispatch (plain and DTensor) and gloo α-β per collective, each "
+        "measured alone (`orbit.perf.calibrate`). Error = predicted / measured - 1; judged only where "
+        "ranks <= cores.", "", f"**{summary_line(rows)}**", "", *prediction_table(rows), ""]
+
+
 def render_markdown(sweeps: dict[str, list[Result]], *, command: str, peak_note: str,
-                    load: tuple[float, float], steps: int) -> str:
+                    load: tuple[float, float], steps: int, predicted: list[str] = ()) -> str:
     cpus = os.cpu_count()
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else 0
     lines = [
@@ -147,6 +163,7 @@ def render_markdown(sweeps: dict[str, list[Result]], *, command: str, peak_note:
         "",
         *summary(sweeps["layouts"]),
         "",
+        *predicted,
         "## Layouts at a fixed global batch",
         "",
         *performance_table(sweeps["layouts"]),
@@ -249,21 +266,48 @@ def plot(sweeps: dict[str, list[Result]], path: Path) -> None:
     plt.close(fig)
 
 
+def _calibrated(calibration_path: str | Path | None, out: Path) -> tuple[dict[str, Any], str]:
+    """The CPU fit: from `calibration_path`, or measured now and saved beside the results."""
+    if calibration_path is not None:
+        return load_cpu_fit(calibration_path), f"calibration {calibration_path}"
+    result = calibration.calibrate()
+    path = calibration.save(result, out.with_name(out.name + "_cpu_profile.json"))
+    load = result["load_before_after"]
+    return result["fit"], f"calibrated just before the sweep ({path.name}; load {load[0]:.1f} / {load[1]:.1f})"
+
+
+def _result_json(r: Result) -> dict[str, Any]:
+    row = dataclasses.asdict(r)
+    row["case"] = {"size": r.case.size, "world_size": r.case.world_size, "global_batch": r.case.global_batch,
+                   "layout": r.case.label}
+    return row
+
+
 def run_scaling_benchmark(sizes: list[str], world_sizes: list[int], steps: int, out: str | Path,
-                          command: str) -> tuple[Path, Path]:
-    """Run the default sweeps and write `<out>.md` and `<out>.png`; returns both paths."""
+                          command: str, *, predict: bool = False,
+                          calibration_path: str | Path | None = None) -> tuple[Path, Path]:
+    """Run the default sweeps and write `<out>.md`, `<out>.png` and `<out>.json`; returns the first two.
+    With `predict`, calibrate this CPU first (or read `calibration_path`) and put the time model's
+    step beside every measured layout."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fit, note = _calibrated(calibration_path, out) if predict else (None, "")
     load_before = os.getloadavg()[0]
     peak, peak_note = device_peak()
     sweeps = default_cases(sizes, world_sizes)
     everything = run_cases([c for cases in sweeps.values() for c in cases], steps, peak)
     by_case = {r.case: r for r in everything}
     results = {name: [by_case[c] for c in cases] for name, cases in sweeps.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md, png = out.with_suffix(".md"), out.with_suffix(".png")
-    md.write_text(render_markdown(results, command=command, peak_note=peak_note,
-                                  load=(load_before, os.getloadavg()[0]), steps=steps))
+    rows = compare(results["layouts"], cpu_system(fit)) if predict else []
+    md, png = out.with_name(out.name + ".md"), out.with_name(out.name + ".png")
+    load = (load_before, os.getloadavg()[0])
+    md.write_text(render_markdown(results, command=command, peak_note=peak_note, load=load, steps=steps,
+                                  predicted=prediction_section(rows, note) if predict else ()))
     plot(results, png)
+    payload = {"command": command, "load_before_after": load, "steps": steps,
+               "sweeps": {name: [_result_json(r) for r in rs] for name, rs in results.items()},
+               "predicted": rows, "cpu_fit": fit}
+    out.with_name(out.name + ".json").write_text(json.dumps(payload, indent=1))
     return md, png

@@ -1,0 +1,256 @@
+"""Micro-measurements of this CPU that the time model's CPU profile is built from (never step times).
+
+What is measured, one thread per rank as `orbit bench` runs (fp32):
+- GEMMs `y = x W^T` (forward), `dx = dy W` (input gradient), `dW = dy^T x` (weight gradient) at a
+  grid of shapes (M tokens x K in x N out); per kind a least-squares fit of
+      t = c0 + F / R,   F = 2 M K N,
+  gives a per-call cost c0 and an asymptotic rate R (the efficiency curve: achieved rate
+  F / t = R F / (F + c0 R) rises with the GEMM's size towards R).
+- Attention: `scaled_dot_product_attention` forward and forward+backward at a grid of
+  (batch x heads, L, head_dim); fit t = c0 + F / R with F = 4 B h L^2 d forward and 3 F for both.
+- Elementwise ops on tensors of several sizes, per kind: "simple" (add, the AdamW-like in-place
+  lerp_ / addcdiv_, memory-bound), "gelu" and "norm" (layer norm), forward + backward through
+  autograd (on this CPU GELU and layer norm are compute-bound, so they get their own rate); per kind
+  a fit t = c0 + bytes / W, bytes = elements x 4 x (tensors read + written: add 3, lerp_ 3,
+  addcdiv_ 4; GELU and layer norm forward 2 + backward 3).
+- Per-op dispatch: an autograd forward+backward chain of tiny ops, per op; the same chain on a
+  replicated DTensor of a 2-rank mesh (tensor parallel runs its ops through DTensor dispatch).
+- gloo collectives on 2 spawned ranks (all-reduce, all-gather, reduce-scatter, all-to-all,
+  send/recv) from 4 KiB to 16 MiB; per collective t = alpha + sent / beta (sent = bytes one rank
+  sends, the convention of `comm_stats`).
+
+Every timing is the minimum over repeats (the least disturbed by other load on the machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from orbit.parallel.spawn import spawn
+
+GEMM_SHAPES = [(m, k, n) for m in (256, 1024, 4096) for k, n in
+               ((64, 64), (128, 128), (128, 512), (512, 128), (256, 256), (256, 1024), (1024, 256), (512, 512))]
+SDPA_SHAPES = [(bh, L, d) for bh in (8, 32, 64) for L in (128, 512) for d in (32, 64)]
+ELEMENTWISE_SIZES = (2**14, 2**16, 2**18, 2**20, 2**22)
+COLLECTIVE_SIZES = tuple(2**p for p in range(12, 25, 2))  # 4 KiB .. 16 MiB payloads
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+
+
+def best_time(fn: Callable[[], Any], repeats: int, min_time_s: float = 0.005) -> float:
+    """Minimum over `repeats` of the mean time of one call in a batch of calls lasting >= min_time_s."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    inner = max(1, int(min_time_s / once))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - start) / inner)
+    return best
+
+
+def fit_affine(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares y = a + b x, weighted by 1/y^2 (relative error, so small and large sizes count
+    alike); a is clamped at >= 0. Returns (a, b)."""
+    w = [1.0 / (y * y) for y in ys]
+    sw, sx, sy = sum(w), sum(wi * x for wi, x in zip(w, xs)), sum(wi * y for wi, y in zip(w, ys))
+    sxx, sxy = sum(wi * x * x for wi, x in zip(w, xs)), sum(wi * x * y for wi, x, y in zip(w, xs, ys))
+    det = sw * sxx - sx * sx
+    b = (sw * sxy - sx * sy) / det
+    a = (sy - b * sx) / sw
+    if a < 0:  # refit through the origin
+        a, b = 0.0, sxy / sxx
+    return a, b
+
+
+def measure_gemms(repeats: int) -> dict[str, list[list[float]]]:
+    """kind -> [[M, K, N, seconds], ...]."""
+    out: dict[str, list[list[float]]] = {"forward": [], "input_grad": [], "weight_grad": []}
+    for m, k, n in GEMM_SHAPES:
+        x, w, dy = torch.randn(m, k), torch.randn(n, k), torch.randn(m, n)
+        out["forward"].append([m, k, n, best_time(lambda: F.linear(x, w), repeats)])
+        out["input_grad"].append([m, k, n, best_time(lambda: dy @ w, repeats)])
+        out["weight_grad"].append([m, k, n, best_time(lambda: dy.t() @ x, repeats)])
+    return out
+
+
+def measure_sdpa(repeats: int) -> dict[str, list[list[float]]]:
+    """"forward" / "forward_backward" -> [[B*h, L, d, seconds], ...]."""
+    out: dict[str, list[list[float]]] = {"forward": [], "forward_backward": []}
+    for bh, L, d in SDPA_SHAPES:
+        q, k, v = (torch.randn(1, bh, L, d, requires_grad=True) for _ in range(3))
+        grad = torch.randn(1, bh, L, d)
+        out["forward"].append([bh, L, d, best_time(lambda: F.scaled_dot_product_attention(q, k, v), repeats)])
+
+        def both():
+            F.scaled_dot_product_attention(q, k, v).backward(grad)
+        out["forward_backward"].append([bh, L, d, best_time(both, repeats)])
+    return out
+
+
+def measure_elementwise(repeats: int) -> dict[str, list[list[float]]]:
+    """kind ("simple", "gelu", "norm") -> [[bytes moved, seconds], ...] (module docstring)."""
+    rows: dict[str, list[list[float]]] = {"simple": [], "gelu": [], "norm": []}
+    for numel in ELEMENTWISE_SIZES:
+        a, b, c = torch.randn(numel), torch.randn(numel), torch.randn(numel)
+        x = torch.randn(numel // 256, 256, requires_grad=True)
+        weight, bias = torch.ones(256, requires_grad=True), torch.zeros(256, requires_grad=True)
+        grad = torch.randn(numel // 256, 256)
+        e = 4 * numel
+        rows["simple"].append([3 * e, best_time(lambda: torch.add(a, b, out=c), repeats)])
+        rows["simple"].append([3 * e, best_time(lambda: c.lerp_(a, 0.1), repeats)])
+        rows["simple"].append([4 * e, best_time(lambda: c.addcdiv_(a, b, value=-1e-3), repeats)])
+        rows["gelu"].append([5 * e, best_time(lambda: F.gelu(x).backward(grad), repeats)])
+        rows["norm"].append([5 * e, best_time(lambda: F.layer_norm(x, (256,), weight, bias).backward(grad), repeats)])
+    return rows
+
+
+def measure_op_overhead(repeats: int, ops: int = 200) -> float:
+    """Seconds per op of an autograd forward + backward chain of tiny ops (dispatch, autograd)."""
+    x = torch.randn(4, requires_grad=True)
+
+    def chain():
+        y = x
+        for _ in range(ops):
+            y = y * 1.0001
+        y.sum().backward()
+    return best_time(chain, repeats) / (2 * ops)
+
+
+def _collective(op: str, numel: int, rank: int) -> Callable[[], None]:
+    world = dist.get_world_size()
+    a = torch.randn(numel)
+    if op == "all_reduce":
+        return lambda: dist.all_reduce(a)
+    if op == "all_gather":
+        out = torch.empty(numel * world)
+        return lambda: dist.all_gather_into_tensor(out, a)
+    if op == "reduce_scatter":
+        out = torch.empty(numel // world)
+        return lambda: dist.reduce_scatter_tensor(out, a)
+    if op == "all_to_all":
+        out = torch.empty(numel)
+        return lambda: dist.all_to_all_single(out, a)
+
+    def ping():  # rank 0 sends to rank 1 and back: one send per rank
+        if rank == 0:
+            dist.send(a, 1)
+            dist.recv(a, 1)
+        else:
+            dist.recv(a, 0)
+            dist.send(a, 0)
+    return ping
+
+
+def sent_per_rank(op: str, payload: int, n: int) -> float:
+    """Bytes one rank sends (comm_stats convention; payload = the input, all-gather: the output)."""
+    if op == "all_reduce":
+        return 2 * (n - 1) / n * payload
+    if op == "send_recv":
+        return float(payload)
+    return (n - 1) / n * payload
+
+
+def _dtensor_op_overhead(repeats: int, ops: int = 50) -> float:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    x = distribute_tensor(torch.randn(4, requires_grad=True), mesh, [Replicate()])
+
+    def chain():
+        y = x
+        for _ in range(ops):
+            y = y * 1.0001
+        y.sum().backward()
+    return best_time(chain, repeats) / (2 * ops)
+
+
+def _collectives_on_rank(rank: int, world_size: int, repeats: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"dtensor_op_overhead_s": _dtensor_op_overhead(repeats)}
+    for op in COLLECTIVES:
+        rows = []
+        for payload in COLLECTIVE_SIZES:
+            numel = payload // 4
+            fn = _collective(op, numel // world_size if op == "all_gather" else numel, rank)
+            times = []
+            fn()
+            for _ in range(repeats):
+                dist.barrier()
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            seconds = min(times) / (2 if op == "send_recv" else 1)  # a ping-pong is two transfers
+            rows.append([sent_per_rank(op, payload, world_size), seconds])
+        out[op] = rows
+    return out
+
+
+def measure_collectives(repeats: int) -> dict[str, Any]:
+    """op -> [[bytes sent per rank, seconds], ...] on 2 gloo ranks (slowest rank per size), and
+    "dtensor_op_overhead_s" (the larger of the two ranks')."""
+    per_rank = spawn(_collectives_on_rank, 2, repeats, timeout_s=600)
+    out: dict[str, Any] = {op: [[a[0], max(a[1], b[1])] for a, b in zip(per_rank[0][op], per_rank[1][op])]
+                           for op in COLLECTIVES}
+    out["dtensor_op_overhead_s"] = max(r["dtensor_op_overhead_s"] for r in per_rank)
+    return out
+
+
+def calibrate(repeats: int = 5) -> dict[str, Any]:
+    """Every micro-measurement (raw) and the fitted CPU profile constants."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load = os.getloadavg()[0]
+        raw = {"gemm": measure_gemms(repeats), "sdpa": measure_sdpa(repeats),
+               "elementwise": measure_elementwise(repeats), "op_overhead_s": measure_op_overhead(repeats)}
+        collectives = measure_collectives(repeats)
+        raw["dtensor_op_overhead_s"] = collectives.pop("dtensor_op_overhead_s")
+        raw["collectives"] = collectives
+        load_after = os.getloadavg()[0]
+    finally:
+        torch.set_num_threads(threads)
+    return {"machine": f"{platform.node()} ({os.cpu_count()} CPUs)", "torch": torch.__version__,
+            "load_before_after": [load, load_after], "repeats": repeats, "raw": raw, "fit": fit(raw)}
+
+
+def fit(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fitted constants (module docstring) from raw micro-measurements."""
+    gemm = {}
+    for kind, rows in raw["gemm"].items():
+        c0, inv_rate = fit_affine([2 * m * k * n for m, k, n, _ in rows], [t for *_, t in rows])
+        gemm[kind] = {"c0_s": c0, "rate_flops": 1 / inv_rate}
+    sdpa = {}
+    for kind, rows in raw["sdpa"].items():
+        mult = 1 if kind == "forward" else 3
+        c0, inv_rate = fit_affine([mult * 4 * bh * L * L * d for bh, L, d, _ in rows], [t for *_, t in rows])
+        sdpa[kind] = {"c0_s": c0, "rate_flops": 1 / inv_rate}
+    elementwise = {}
+    for kind, rows in raw["elementwise"].items():
+        c0, inv_bw = fit_affine([b for b, _ in rows], [t for _, t in rows])
+        elementwise[kind] = {"c0_s": c0, "bytes_per_s": 1 / inv_bw}
+    coll = {}
+    for op, rows in raw["collectives"].items():
+        alpha, inv_beta = fit_affine([s for s, _ in rows], [t for _, t in rows])
+        coll[op] = {"alpha_s": alpha, "beta_bytes_per_s": 1 / inv_beta}
+    return {"gemm": gemm, "sdpa": sdpa, "elementwise": elementwise,
+            "op_overhead_s": raw["op_overhead_s"], "dtensor_op_overhead_s": raw["dtensor_op_overhead_s"],
+            "collectives": coll}
+
+
+def save(result: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return path

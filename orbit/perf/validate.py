@@ -1,0 +1,79 @@
+"""Predicted beside measured: the time model on the scaling benchmark's cases, with this CPU's
+calibrated profile (`orbit bench --predict`).
+
+A case of N ranks runs on one node of N ranks (gloo over loopback). Only cases that do not
+oversubscribe the cores (N <= CPUs) are judged: beyond that the measured time is time-sharing.
+Error = predicted / measured - 1 against the fastest timed step (the least disturbed by other load,
+as the calibration's minima are); the aim is |error| <= 25%. The median step is shown beside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from orbit.perf.benchmark import SIZES, Case, Result
+from orbit.perf.devices import System
+from orbit.perf.plan import Layout
+from orbit.perf.timemodel import StepTime, predict
+
+TARGET = 0.25
+
+
+def case_layout(c: Case) -> Layout:
+    """The plan's `Layout` of a benchmark case (fsdp engine, its pipeline settings)."""
+    dims, parallel = c.dims, c.parallel
+    microbatches = (parallel.pp_microbatches or dims.pp * parallel.pp_stages_per_rank) if dims.pp > 1 else 1
+    return Layout(**dims.degrees, pp_microbatches=microbatches, pp_stages_per_rank=parallel.pp_stages_per_rank,
+                  pp_schedule=parallel.pp_schedule, activation_checkpointing=False)
+
+
+def predict_case(c: Case, system: System) -> StepTime:
+    """The time model's step for case `c`, all of its ranks on one node of `system`."""
+    node = dataclasses.replace(system, gpus_per_node=c.world_size)
+    config = SIZES[c.size].build().config
+    return predict(config, case_layout(c), node, 1, batch_size=c.global_batch // c.dims.dp, precision="fp32")
+
+
+def judged(c: Case) -> bool:
+    return c.world_size <= (os.cpu_count() or 1)
+
+
+def compare(results: list[Result], system: System) -> list[dict[str, Any]]:
+    """One row per result: measured and predicted step, error, the predicted breakdown."""
+    rows = []
+    for r in results:
+        step = predict_case(r.case, system)
+        rows.append({"size": r.case.size, "ranks": r.case.world_size, "layout": r.case.label,
+                     "global_batch": r.case.global_batch, "measured_s": r.step_min_s, "measured_median_s": r.step_s,
+                     "measured_cpu_s_per_rank": r.cpu_s_per_rank, "predicted": step.as_dict(),
+                     "error": step.step_s / r.step_min_s - 1, "judged": judged(r.case)})
+    return rows
+
+
+def summary_line(rows: list[dict[str, Any]]) -> str:
+    """How many judged layouts meet the ±25% aim, and the worst error."""
+    judged_rows = [row for row in rows if row["judged"]]
+    if not judged_rows:
+        return "no layout within the core count to judge"
+    ok = sum(abs(row["error"]) <= TARGET for row in judged_rows)
+    worst = max(judged_rows, key=lambda row: abs(row["error"]))
+    mean_abs = sum(abs(row["error"]) for row in judged_rows) / len(judged_rows)
+    return (f"{ok} of {len(judged_rows)} layouts of <= {os.cpu_count()} ranks within ±{TARGET:.0%}; mean |error| "
+            f"{mean_abs:.0%}; worst {worst['size']} {worst['layout']} {worst['error']:+.0%}")
+
+
+def prediction_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: measured, predicted, error and the predicted terms (ms)."""
+    terms = sorted({k for row in rows for k, v in row["predicted"]["breakdown_s"].items() if v > 0},
+                   key=lambda k: (k.startswith("comm"), k))
+    head = " | ".join(f"{t} ms" for t in terms)
+    lines = [f"| model | ranks | layout | measured s (fastest) | median s | predicted s | error | within ±25% | {head} |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(terms)]
+    for row in rows:
+        parts = " | ".join(f"{1e3 * row['predicted']['breakdown_s'].get(t, 0.0):.1f}" for t in terms)
+        verdict = ("yes" if abs(row["error"]) <= TARGET else "**no**") if row["judged"] else "n/a (oversubscribed)"
+        lines.append(f"| {row['size']} | {row['ranks']} | {row['layout']} | {row['measured_s']:.3f} | "
+                     f"{row['measured_median_s']:.3f} | "
+                     f"{row['predicted']['step_s']:.3f} | {row['error']:+.0%} | {verdict} | {parts} |")
+    return lines
