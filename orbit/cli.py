@@ -15,6 +15,13 @@ def _grid(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _rename(text: str) -> tuple[str, str]:
+    source, sep, target = text.partition("=")
+    if not sep or not source or not target:
+        raise argparse.ArgumentTypeError(f"--rename takes SOURCE=ORBIT pairs such as air=t2m, got {text!r}")
+    return source, target
+
+
 def _years(values: list[int]) -> tuple[int, int]:
     return int(values[0]), int(values[1])
 
@@ -26,7 +33,8 @@ def cmd_synth(args) -> int:
     from orbit.synthetic.toy_earth import synthesize
 
     paths = synthesize(args.root, sources=args.sources, years=_years(args.years), grid=args.grid,
-                       seed=args.seed, train_years=_years(args.train_years), overwrite=args.overwrite)
+                       seed=args.seed, train_years=_years(args.train_years), overwrite=args.overwrite,
+                       progress=True)
     for source, path in paths.items():
         print(f"{source}: {path}")
     return 0
@@ -34,11 +42,14 @@ def cmd_synth(args) -> int:
 
 def cmd_convert(args) -> int:
     from orbit.data.convert import convert
+    from orbit.data.readers import read_variable_map
 
+    rename = {**(read_variable_map(args.variable_map) if args.variable_map else {}), **dict(args.rename)}
     path = convert(args.inputs, args.output, fmt=args.format, grid=args.grid, variables=args.variables,
                    levels=args.levels, source=args.source,
                    train_years=_years(args.train_years) if args.train_years else None,
-                   overwrite=args.overwrite, method=args.method, allow_regional=args.regional)
+                   overwrite=args.overwrite, method=args.method, allow_regional=args.regional,
+                   time=tuple(args.time) if args.time else None, rename=rename, progress=True)
     print(path)
     return 0
 
@@ -189,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--grid", type=_grid, default=None, help="regrid to lat x lon, e.g. 32x64")
     conv.add_argument("--variables", nargs="+", default=None)
     conv.add_argument("--levels", nargs="+", type=int, default=None, help="pressure levels in hPa")
+    conv.add_argument("--time", nargs=2, default=None, metavar=("START", "END"),
+                      help="dates to keep, both inclusive like xarray's sel(time=slice(START, END)), "
+                           "e.g. 2000-01-01 2000-12-31; only this window is read")
+    conv.add_argument("--rename", action="append", type=_rename, default=[], metavar="SOURCE=ORBIT",
+                      help="name an input variable ORBIT does not recognise, e.g. --rename air=t2m (repeatable)")
+    conv.add_argument("--variable-map", default=None, metavar="YAML",
+                      help="a YAML file of the same pairs (air: t2m); --rename wins where both name a variable")
     conv.add_argument("--train-years", nargs=2, type=int, default=None, metavar=("FIRST", "LAST"))
     conv.add_argument("--method", default="auto", choices=["auto", "bilinear", "conservative"],
                       help="regridding; auto = conservative when coarsening, bilinear otherwise")

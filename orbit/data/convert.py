@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,9 @@ TEST_FRACTION = 0.2  # default: the last 20 % of the years are held out of the s
 def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, fmt: str = "auto",
             grid: tuple[int, int] | None = None, variables: Sequence[str] | None = None,
             levels: Sequence[int] | None = None, source: str, train_years: tuple[int, int] | None = None,
-            overwrite: bool = False, method: str = "auto", allow_regional: bool = False) -> Path:
+            overwrite: bool = False, method: str = "auto", allow_regional: bool = False,
+            time: tuple[str, str] | None = None, rename: Mapping[str, str] | None = None,
+            progress: bool = False) -> Path:
     """Convert ``inputs`` into the ORBIT store ``output`` and return its path.
 
     inputs: CMIP6-style netCDF files (one variable per file, several files per variable are joined
@@ -40,7 +42,12 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, f
     keeps all levels of the input. train_years: ``(first, last)`` years of the statistics; None uses
     all years but the last 20 %. method: ``auto``, ``bilinear`` or ``conservative``.
     allow_regional: accept a source that does not cover the globe (see :mod:`orbit.data.regrid`).
+    time: ``(START, END)`` dates, both inclusive as ``sel(time=slice(START, END))``: only that window
+    is read. rename: the user's variable map, source name -> ORBIT name (e.g. ``{"air": "t2m"}``).
+    progress: show a progress bar on a terminal.
 
+    Inputs are opened lazily and written one block of time steps at a time (memory: one block, whatever
+    the length); an interrupted conversion resumes when run again with the same arguments.
     Raises FileNotFoundError / FileExistsError / ValueError before reading any data values.
     """
     paths = _check_inputs(inputs)
@@ -55,8 +62,13 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, f
         regrid.target_grid(grid)  # validates the shape
     if method not in regrid.METHODS:
         raise ValueError(f"unknown regridding method {method!r}; valid: {list(regrid.METHODS)}")
+    time = readers.check_time_window(time)
+    rename = readers.check_rename(rename)
 
-    data = readers.open_cmip6(paths) if fmt == "cmip6" else readers.open_era5(paths[0])
+    if fmt == "cmip6":
+        data = readers.open_cmip6(paths, rename=rename, time=time)
+    else:
+        data = readers.open_era5(paths[0], rename=rename, time=time)
     fields = _select_variables(data.fields, variables, fmt)
     fields = _select_levels(fields, levels)
     grids = {name: regrid.source_grid(da["lat"].values, da["lon"].values) for name, da in fields.items()}
@@ -70,10 +82,10 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, f
     attrs = {
         **data.attrs,
         "time_step": readers.infer_time_step(ds["time"].values),
-        "history": _history(fmt, paths, grids, target, method_used, data.notes),
+        "history": _history(fmt, paths, grids, target, method_used, data.notes, time, rename),
     }
     writer.write_store(ds, output, source=source, kind=data.kind, train_years=years, statics=statics,
-                       attrs=attrs, overwrite=overwrite)
+                       attrs=attrs, overwrite=overwrite, progress=progress, resume_key=_inputs_key(paths))
     return output
 
 
@@ -236,9 +248,18 @@ def _train_years(times: np.ndarray, train_years: tuple[int, int] | None) -> tupl
 
 
 def _history(fmt: str, paths: list[Path], grids: dict[str, regrid.Grid], target: regrid.Grid,
-             methods: dict[str, str], notes: list[str]) -> str:
+             methods: dict[str, str], notes: list[str], time: tuple[str, str] | None,
+             rename: Mapping[str, str]) -> str:
     names = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
     first = next(iter(grids.values()))
     regridding = "; ".join(f"{n}: {m}" for n, m in methods.items())
-    return (f"orbit data convert from {fmt} ({names}); source {first.describe()} -> {target.describe()} "
-            f"[{regridding}]" + "".join(f"; {note}" for note in notes))
+    selection = (f"; time {time[0]} .. {time[1]}" if time else "") + (f"; renamed {rename}" if rename else "")
+    return (f"orbit data convert from {fmt} ({names}){selection}; source {first.describe()} -> "
+            f"{target.describe()} [{regridding}]" + "".join(f"; {note}" for note in notes))
+
+
+def _inputs_key(paths: list[Path]) -> str:
+    """Size and modification time of every input file (of a zarr store: its metadata files, not its
+    millions of chunks): a partial store of changed inputs is not resumed."""
+    files = [f for p in paths for f in (sorted(p.iterdir()) if p.is_dir() else [p]) if f.is_file()]
+    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)

@@ -15,8 +15,16 @@ Choices worth knowing:
   Julian/all_leap year that is not a Gregorian leap year) are dropped.
 - Variables are recognised by their CMIP6 / ERA5 name, or else by their CF ``standard_name`` (so
   files such as iris's ``A1B_north_america.nc``, whose variable is called ``air_temperature``, work).
-- Units are converted from the ``units`` attribute (``pr`` kg m-2 s-1 -> mm per 6 h, ``zg`` m ->
-  geopotential m2 s-2, ...); unknown units are an error rather than a silent guess.
+- Variables ORBIT cannot recognise (``air`` in a NCEP file, ``sst`` mapped onto a channel on purpose)
+  are named by the user: ``rename={"air": "t2m"}`` (CLI ``--rename air=t2m`` or a YAML map).
+- Units are converted from the ``units`` attribute through UDUNITS (:mod:`orbit.data.units`:
+  ``degC``, ``degK``, ``kg m-2 s-1`` -> mm per 6 h, ``zg`` m -> geopotential m2 s-2, ...); unknown
+  units are an error rather than a silent guess.
+- COARDS files (latitude north to south, int16 packed with ``scale_factor``/``add_offset``, missing
+  values) are decoded by xarray's CF decoding and sorted like any other file.
+- ``time=(START, END)`` keeps the dates between START and END, both inclusive with xarray's
+  ``sel(time=slice(START, END))`` semantics (``"2000-12-31"`` includes 18 UTC of that day). Files
+  are opened lazily with dask, so only the window is ever read.
 - CMIP6 masks pressure levels below the ground (NaN). Those values are filled with the value of the
   nearest valid level above, on all levels of the file before any level is selected, because a
   store must be finite and this keeps the fill as local as the file allows.
@@ -26,17 +34,20 @@ Choices worth knowing:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
+import yaml
 
+from orbit.data import units
 from orbit.data.store import STATIC_ATTRS, VARIABLE_ATTRS
 
-GRAVITY = 9.80665  # m s-2, WMO standard gravity: geopotential = g * geopotential height
-SECONDS_PER_6H = 6 * 3600
-TIME_CHUNK = 256  # time steps per dask chunk: netCDF3 files arrive one step per chunk
+CHUNK_BYTES = 64 << 20  # dask chunks of a source variable: whole grids, as many time steps as fit
+MAX_TIME_CHUNK = 256  # netCDF3 files arrive one step per chunk; more steps per task are cheaper
 
 CMIP6_NAMES = {"tas": "t2m", "uas": "u10", "vas": "v10", "pr": "tp", "zg": "z", "ta": "t", "ua": "u",
                "va": "v", "hus": "q"}
@@ -57,17 +68,7 @@ STANDARD_NAMES = {
 THREE_D = ("z", "t", "u", "v", "q")
 NON_NEGATIVE = ("tp", "q")  # clipped at 0 after reading and after regridding
 VARIABLES = tuple(VARIABLE_ATTRS)  # every field name a store may hold
-
-# Unit spellings (after `_unit_key`) -> factor into the store's unit, per variable.
-_UNIT_FACTORS: dict[str, dict[str, float]] = {
-    "K": {"k": 1.0},
-    "m s-1": {"m s-1": 1.0, "m/s": 1.0},
-    "mm": {"kg m-2 s-1": SECONDS_PER_6H, "mm s-1": SECONDS_PER_6H, "m": 1000.0, "mm": 1.0},
-    "m2 s-2": {"m2 s-2": 1.0, "m2/s2": 1.0, "m": GRAVITY},
-    "kg kg-1": {"kg kg-1": 1.0, "kg/kg": 1.0, "1": 1.0},
-    "orography": {"m": 1.0, "m2 s-2": 1.0 / GRAVITY, "m2/s2": 1.0 / GRAVITY},
-    "land_sea_mask": {"%": 0.01, "1": 1.0, "0-1": 1.0, "(0 - 1)": 1.0},
-}
+RENAME_TARGETS = (*VARIABLES, *CMIP6_STATIC_NAMES.values())  # what a user's variable map may name
 _DIM_ALIASES = {"latitude": "lat", "longitude": "lon", "plev": "level", "pressure_level": "level",
                 "isobaricInhPa": "level"}
 _PA_UNITS = ("pa",)
@@ -126,16 +127,6 @@ def _unit_key(units: str) -> str:
     return " ".join(units.replace("**", "").replace("^", "").split()).lower()
 
 
-def unit_factor(target: str, units: str | None, what: str) -> float:
-    """Factor that brings ``units`` into the store unit ``target``; ValueError for unknown units."""
-    table = _UNIT_FACTORS[target]
-    key = _unit_key(units or "")
-    if key not in table:
-        raise ValueError(f"{what} has units {units!r}, which ORBIT cannot convert to {target!r}; "
-                         f"known units: {sorted(table)}")
-    return table[key]
-
-
 def _level_hpa(level: xr.DataArray) -> np.ndarray:
     """Pressure levels in hPa (float), from Pa or hPa (guessed from the values if no units)."""
     values = level.values.astype(np.float64)
@@ -185,9 +176,75 @@ def fill_below_ground(da: xr.DataArray) -> xr.DataArray:
     return xr.concat(filled, dim=da["level"]).transpose(*da.dims)
 
 
-def _as_field(da: xr.DataArray, name: str, what: str) -> xr.DataArray:
-    """Canonical field ``name`` from a raw variable: coords, time, units, sign, dtype, attrs."""
-    units = da.attrs.get("units")
+TimeWindow = tuple[str, str]
+
+
+def check_time_window(window: TimeWindow | None) -> TimeWindow | None:
+    """``(START, END)`` as given (dates such as ``2000-01-01`` or ``2000-06-30T18``); ValueError unless
+    both parse and START <= END."""
+    if window is None:
+        return None
+    try:
+        start, end = (pd.Timestamp(str(w)) for w in window)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"time window must be two dates START END like 2000-01-01 2000-12-31, got {window!r} "
+                         f"({err})") from None
+    if start > end:
+        raise ValueError(f"time window starts after it ends: {window[0]} > {window[1]}")
+    return str(window[0]), str(window[1])
+
+
+def check_rename(rename: Mapping[str, str] | None) -> dict[str, str]:
+    """The user's variable map (source name -> ORBIT name), checked before any file is opened."""
+    rename = dict(rename or {})
+    unknown = {src: dst for src, dst in rename.items() if dst not in RENAME_TARGETS}
+    if unknown:
+        raise ValueError(f"variable map {unknown} names unknown ORBIT variable(s); valid: {list(RENAME_TARGETS)}")
+    targets = list(rename.values())
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise ValueError(f"variable map sends several source variables to {twice}: {rename}")
+    return rename
+
+
+def read_variable_map(path: str | os.PathLike) -> dict[str, str]:
+    """A YAML variable map ``{source name: ORBIT name}`` (e.g. ``air: t2m``), checked like :func:`check_rename`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"variable map {path} not found")
+    mapping = yaml.safe_load(path.read_text())
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise ValueError(f"variable map {path} must be a YAML mapping of source names to ORBIT names "
+                         f"(e.g. 'air: t2m'), got {mapping!r}")
+    return check_rename(mapping)
+
+
+def _check_renamed(rename: Mapping[str, str], found: set[str]) -> None:
+    missing = sorted(set(rename) - found)
+    if missing:
+        raise ValueError(f"variable map names source variable(s) {missing} that no input holds; the inputs "
+                         f"hold {sorted(found)}")
+
+
+def _in_window(da: xr.DataArray, window: TimeWindow | None, what: str) -> xr.DataArray:
+    if window is None:
+        return da
+    selected = da.sel(time=slice(*window))
+    if selected.sizes["time"] == 0:
+        span = np.datetime_as_string(da["time"].values[[0, -1]], unit="h")
+        raise ValueError(f"time window {window[0]} .. {window[1]} holds no time step of {what}, which covers "
+                         f"{span[0]} .. {span[1]}")
+    return selected
+
+
+def _time_chunk(da: xr.DataArray) -> int:
+    step_bytes = max(1, da.size // max(1, da.sizes["time"])) * 4
+    return int(np.clip(CHUNK_BYTES // step_bytes, 1, MAX_TIME_CHUNK))
+
+
+def _as_field(da: xr.DataArray, name: str, what: str, window: TimeWindow | None = None) -> xr.DataArray:
+    """Canonical field ``name`` from a raw variable: coords, time window, units, sign, dtype, attrs."""
+    source_units = da.attrs.get("units")
     da = canonical_coords(da, what)
     expects_level = name in THREE_D
     if expects_level != ("level" in da.dims):
@@ -195,24 +252,24 @@ def _as_field(da: xr.DataArray, name: str, what: str) -> xr.DataArray:
                          f"has dims {da.dims}")
     if "time" not in da.dims:
         raise ValueError(f"{what} has no time dimension; dims are {da.dims}")
-    da = to_datetime64(da)
-    target = VARIABLE_ATTRS[name]["units"]
-    da = da * unit_factor(target, units, what)
+    da = _in_window(to_datetime64(da), window, what)
+    scale, offset = units.affine(VARIABLE_ATTRS[name]["units"], source_units, what)
+    da = da * scale + offset if offset else da * scale
     if name in NON_NEGATIVE:
         da = da.clip(min=0.0)
     if expects_level:
         da = fill_below_ground(da)
-    return _named(da.chunk({"time": TIME_CHUNK}), name, VARIABLE_ATTRS[name])
+    return _named(da.chunk({"time": _time_chunk(da)}), name, VARIABLE_ATTRS[name])
 
 
 def _as_static(da: xr.DataArray, name: str, what: str) -> xr.DataArray:
     """Canonical static ``name`` (lat, lon); the first time step if the source stores one."""
-    units = da.attrs.get("units")
+    source_units = da.attrs.get("units")
     if "time" in da.dims:
         da = da.isel(time=0)
     da = canonical_coords(da, what)
-    da = da * unit_factor(name, units, what)
-    return _named(da, name, STATIC_ATTRS[name])
+    scale, offset = units.affine(name, source_units, what)
+    return _named(da * scale + offset, name, STATIC_ATTRS[name])
 
 
 def _named(da: xr.DataArray, name: str, attrs: dict[str, str]) -> xr.DataArray:
@@ -223,8 +280,10 @@ def _named(da: xr.DataArray, name: str, attrs: dict[str, str]) -> xr.DataArray:
     return out
 
 
-def _field_name(var: xr.DataArray, var_name: str, names: dict[str, str]) -> str | None:
-    """Our short name for a source variable: by its own name, else by CF standard_name."""
+def _field_name(var: xr.DataArray, var_name: str, names: dict[str, str], rename: Mapping[str, str]) -> str | None:
+    """Our short name for a source variable: the user's map, its own name, else its CF standard_name."""
+    if var_name in rename:
+        return rename[var_name]
     if var_name in names:
         return names[var_name]
     has_level = any(_DIM_ALIASES.get(d, d) == "level" for d in var.dims)
@@ -236,8 +295,12 @@ def _field_name(var: xr.DataArray, var_name: str, names: dict[str, str]) -> str 
 _TIME_CODER = xr.coders.CFDatetimeCoder(use_cftime=True)
 
 
-def _main_variable(ds: xr.Dataset, path: Path) -> str:
-    """The one data variable of a CMIP-style file (``variable_id`` attr, else the only gridded one)."""
+def _main_variable(ds: xr.Dataset, path: Path, rename: Mapping[str, str]) -> str:
+    """The one data variable of a CMIP-style file (the one the user's map names, the ``variable_id``
+    attr, else the only gridded one)."""
+    renamed = [n for n in ds.data_vars if n in rename]
+    if len(renamed) == 1:
+        return renamed[0]
     variable_id = ds.attrs.get("variable_id")
     if variable_id in ds.data_vars:
         return variable_id
@@ -249,24 +312,32 @@ def _main_variable(ds: xr.Dataset, path: Path) -> str:
     return gridded[0]
 
 
-def open_cmip6(paths: list[Path]) -> SourceFields:
-    """Open CMIP6-style netCDF files (one variable per file; several files per variable are
+def open_cmip6(paths: list[Path], *, rename: Mapping[str, str] | None = None,
+               time: TimeWindow | None = None) -> SourceFields:
+    """Open CMIP6-style netCDF files lazily (one variable per file; several files per variable are
     concatenated along time) as canonical fields and statics (``orog``, ``sftlf``).
 
+    rename: the user's variable map (source name -> ORBIT name); time: ``(START, END)`` window.
     Raises ValueError for files whose variable ORBIT does not know, or that cannot be joined.
     """
+    rename = check_rename(rename)
     groups: dict[str, list[tuple[Path, xr.Dataset]]] = {}
     known = sorted({**CMIP6_NAMES, **CMIP6_STATIC_NAMES})
+    found: set[str] = set()
     for path in paths:
         ds = xr.open_dataset(path, decode_times=_TIME_CODER, chunks={})
-        var_name = _main_variable(ds, path)
+        found |= set(map(str, ds.data_vars))
+        var_name = _main_variable(ds, path, rename)
         var = ds[var_name]
-        name = CMIP6_STATIC_NAMES.get(var_name) or _field_name(var, var_name, CMIP6_NAMES)
+        name = rename.get(var_name) or CMIP6_STATIC_NAMES.get(var_name) or _field_name(var, var_name, CMIP6_NAMES,
+                                                                                       rename)
         if name is None:
             raise ValueError(f"{path} holds variable {var_name!r} (standard_name "
                              f"{var.attrs.get('standard_name')!r}), which ORBIT does not know; known CMIP6 "
-                             f"names: {known} or the CF standard_names {sorted(STANDARD_NAMES)}")
+                             f"names: {known} or the CF standard_names {sorted(STANDARD_NAMES)}; or name it "
+                             f"with a variable map (CLI: --rename {var_name}=t2m)")
         groups.setdefault(name, []).append((path, ds[[var_name]].rename({var_name: name})))
+    _check_renamed(rename, found)
     fields, statics = {}, {}
     for name, group in groups.items():
         what = f"variable '{name}' (from {group[0][0].name}{' ...' if len(group) > 1 else ''})"
@@ -274,7 +345,7 @@ def open_cmip6(paths: list[Path]) -> SourceFields:
         if name in STATIC_ATTRS:
             statics[name] = _as_static(var, name, what)
         else:
-            fields[name] = _as_field(var, name, what)
+            fields[name] = _as_field(var, name, what, time)
     first = next(iter(groups.values()))[0][1]
     attrs = {k: str(v) for k, v in first.attrs.items()
              if k in ("source_id", "experiment_id", "institution", "variant_label")}
@@ -297,22 +368,27 @@ def _concat_in_time(group: list[tuple[Path, xr.Dataset]], name: str) -> xr.DataA
 
 
 # --------------------------------------------------------------------------- ERA5 zarr
-def open_era5(path: str | os.PathLike) -> SourceFields:
-    """Open an ERA5 / WeatherBench2-style zarr store as canonical fields and statics.
+def open_era5(path: str | os.PathLike, *, rename: Mapping[str, str] | None = None,
+              time: TimeWindow | None = None) -> SourceFields:
+    """Open an ERA5 / WeatherBench2-style zarr store lazily as canonical fields and statics.
 
     Variables ORBIT does not know are ignored (WB2 stores hold dozens); statics come from
     ``geopotential_at_surface`` (-> orography in m) and ``land_sea_mask`` when present.
+    rename: the user's variable map (source name -> ORBIT name); time: ``(START, END)`` window.
     """
+    rename = check_rename(rename)
     ds = xr.open_zarr(path, consolidated=None)
+    _check_renamed(rename, set(map(str, ds.data_vars)))
     fields, statics = {}, {}
+    static_names = {**ERA5_STATIC_NAMES, **{k: v for k, v in rename.items() if v in STATIC_ATTRS}}
     for var_name, var in ds.data_vars.items():
         what = f"ERA5 variable {var_name!r}"
-        if var_name in ERA5_STATIC_NAMES:
-            statics[ERA5_STATIC_NAMES[var_name]] = _as_static(var, ERA5_STATIC_NAMES[var_name], what)
+        if var_name in static_names:
+            statics[static_names[var_name]] = _as_static(var, static_names[var_name], what)
             continue
-        name = _field_name(var, str(var_name), ERA5_NAMES)
+        name = _field_name(var, str(var_name), ERA5_NAMES, rename)
         if name is not None and "time" in var.dims:
-            fields[name] = _as_field(var, name, what)
+            fields[name] = _as_field(var, name, what, time)
     if not fields:
         raise ValueError(f"{path} holds no variable ORBIT knows; found {list(ds.data_vars)}, "
                          f"known ERA5 names: {sorted(ERA5_NAMES)}")

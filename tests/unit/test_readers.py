@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from orbit.data import readers
+from orbit.data import readers, units
 
 esmval = pytest.importorskip("esmvaltool_sample_data")
 CMIP6_ROOT = Path(esmval.__file__).parent / "data" / "timeseries" / "CMIP6"
@@ -78,8 +78,8 @@ def test_cmip6_file_is_canonicalized(tmp_path):
     np.testing.assert_array_equal(z["lat"], [-60.0, 0.0, 60.0])
     np.testing.assert_array_equal(z["lon"], [0.0, 90.0, 180.0, 270.0])
     np.testing.assert_array_equal(z["level"], [500.0, 850.0])
-    assert float(z.sel(level=850, lat=60, lon=270)[0]) == pytest.approx(1234.0 * readers.GRAVITY)
-    assert float(z.sel(level=500)[0, 0, 0]) == pytest.approx(5500.0 * readers.GRAVITY)
+    assert float(z.sel(level=850, lat=60, lon=270)[0]) == pytest.approx(1234.0 * units.GRAVITY)
+    assert float(z.sel(level=500)[0, 0, 0]) == pytest.approx(5500.0 * units.GRAVITY)
     np.testing.assert_allclose(tp.values[1:], 1e-4 * 6 * 3600, rtol=1e-6)  # mm per 6 h
     assert float(tp.min()) == 0.0  # the negative noise is clipped
     assert z.dtype == np.float32 and z.attrs["units"] == "m2 s-2" and tp.attrs["units"] == "mm"
@@ -127,9 +127,13 @@ def test_unknown_variables_and_units_are_refused(tmp_path):
     hur = write_cmip6(tmp_path / "hur.nc", "hur", np.zeros((2, 2, 2)), units="%", **kw)
     with pytest.raises(ValueError, match="'hur'.*known CMIP6 names: .*'tas'"):
         readers.open_cmip6([hur])
-    tas = write_cmip6(tmp_path / "tas.nc", "tas", np.zeros((2, 2, 2)), units="degC", **kw)
-    with pytest.raises(ValueError, match="units 'degC'.*known units: \\['k'\\]"):
+    tas = write_cmip6(tmp_path / "tas.nc", "tas", np.zeros((2, 2, 2)), units="m s-1", **kw)
+    with pytest.raises(ValueError, match="units 'm s-1', which ORBIT cannot convert to the store's 'K': expected "
+                                         "units convertible to 'K'"):
         readers.open_cmip6([tas])
+    furlongs = write_cmip6(tmp_path / "uas.nc", "uas", np.zeros((2, 2, 2)), units="bananas", **kw)
+    with pytest.raises(ValueError, match="units 'bananas', which UDUNITS cannot parse"):
+        readers.open_cmip6([furlongs])
 
 
 def test_cf_standard_name_identifies_non_cmip_files():
