@@ -87,7 +87,7 @@ class Windows:
         lead = np.arange(1, self.horizon + 1)
         key = ((b[:, None].astype(np.int64) * len(self.data.dates) + t0[:, None]) * self.horizon + lead - 1)
         scale = np.minimum(self.forecast_error * np.sqrt(lead), 1.0)[None, :, None]
-        return self.noise[key % NOISE_TABLE] * scale
+        return self.noise[key % NOISE_TABLE] * scale.astype(np.float32)
 
     def batch(self, b: np.ndarray, t0: np.ndarray) -> StreamflowBatch:
         past = t0[:, None] + np.arange(-self.seq_len + 1, 1)
