@@ -166,6 +166,12 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_dbuq(args) -> int:
+    from orbit.plugins.dbuq.cli import main as dbuq_main
+
+    return dbuq_main(args.dbuq_args)
+
+
 def cmd_uq_benchmark(args) -> int:
     from orbit.plugins.pi3nn.benchmark import main as uq_benchmark
 
@@ -313,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --predict: a calibration JSON to use instead of measuring now")
     bench.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     bench.set_defaults(func=cmd_bench)
+
+    dbuq = sub.add_parser("dbuq", add_help=False, help="land-model calibration: DBUQ train / sample, emulators, "
+                                                       "surrogate + MCMC, NPE, compare (orbit dbuq --help)")
+    dbuq.add_argument("dbuq_args", nargs=argparse.REMAINDER)
+    dbuq.set_defaults(func=cmd_dbuq)
 
     uq = sub.add_parser("uq", help="uncertainty quantification").add_subparsers(dest="uq_command", required=True)
     uqb = uq.add_parser("benchmark", help="PI3NN beside ensembles, MC dropout, GP, BNN, conformal on the same splits")
