@@ -104,7 +104,6 @@ class System:
 
 # Achieved fractions shared by the GPU profiles: assumptions, not measurements (see gpu_step.py).
 GPU_ASSUMPTIONS = (
-    "large-GEMM efficiency: fraction of the dense peak a tuned BLAS reaches on large bf16 GEMMs",
     "flash attention: 0.55 of the GEMM rate forward, 0.40 forward+backward (FlashAttention-2 paper's "
     "ratios on A100; assumed alike on the other devices)",
     "elementwise: 0.8 of the HBM bandwidth; GEMM c0 and op overhead 5 us (kernel launch), DTensor 30 us",
@@ -124,7 +123,8 @@ def _gpu(name: str, peak_bf16: float, peak_fp32: float, hbm: float, memory: int,
         attention={"forward": Rate(launch_s, 0.55 * rate), "forward_backward": Rate(3 * launch_s, 0.40 * rate)},
         elementwise={kind: Rate(launch_s, 0.8 * hbm) for kind in ("simple", "gelu", "norm")},
         op_overhead_s=launch_s, dtensor_op_overhead_s=30e-6, overlap_comm=True, source=source,
-        assumptions=(f"large-GEMM efficiency {gemm_eff:.2f} of peak", *GPU_ASSUMPTIONS))
+        assumptions=(f"large GEMMs reach {gemm_eff:.2f} of the dense peak (a tuned BLAS on large bf16 GEMMs)",
+                     *GPU_ASSUMPTIONS))
 
 
 def mi250x_gcd(precision: str = "bf16") -> DeviceProfile:

@@ -1,5 +1,6 @@
 """Predicted beside measured: the time model on the scaling benchmark's cases, with this CPU's
-calibrated profile (`orbit bench --predict`).
+calibrated profile (`orbit bench --predict`), and on `benchmarks/gpu_step.py`'s one-device steps
+with a GPU profile.
 
 A case of N ranks runs on one node of N ranks (gloo over loopback). Only cases that do not
 oversubscribe the cores (N <= CPUs) are judged: beyond that the measured time is time-sharing.
@@ -12,8 +13,9 @@ import dataclasses
 import os
 from typing import Any
 
+from orbit.models.registry import get_config
 from orbit.perf.benchmark import SIZES, Case, Result
-from orbit.perf.devices import System
+from orbit.perf.devices import Rate, System
 from orbit.perf.plan import Layout
 from orbit.perf.timemodel import StepTime, predict
 
@@ -76,4 +78,39 @@ def prediction_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {row['size']} | {row['ranks']} | {row['layout']} | {row['measured_s']:.3f} | "
                      f"{row['measured_median_s']:.3f} | "
                      f"{row['predicted']['step_s']:.3f} | {row['error']:+.0%} | {verdict} | {parts} |")
+    return lines
+
+
+def gpu_rows(measured: dict[str, Any], system: System) -> list[dict[str, Any]]:
+    """`benchmarks/gpu_step.py`'s one-device steps beside the profile's prediction, the profile as
+    specified and with its GEMM, attention and copy rates replaced by the ones gpu_step measured."""
+    k = measured["kernels"]
+    device = system.device
+    kernels = dataclasses.replace(
+        device, gemm={kind: Rate(r.c0_s, k["gemm_flops"]) for kind, r in device.gemm.items()},
+        attention={"forward": Rate(device.attention["forward"].c0_s, k["attention_forward_flops"]),
+                   "forward_backward": Rate(device.attention["forward_backward"].c0_s,
+                                            k["attention_forward_backward_flops"])},
+        elementwise={kind: Rate(r.c0_s, 0.8 * k["copy_bytes_per_s"]) for kind, r in device.elementwise.items()})
+    one = dataclasses.replace(system, gpus_per_node=1)
+    rows = []
+    for r in measured["steps"]:
+        config = get_config(r["preset"], depth=r["depth"])
+        layout = Layout(1, 1, 1, 1, 1, activation_checkpointing=r["activation_checkpointing"])
+        spec = predict(config, layout, one, 1, batch_size=r["batch"], precision="bf16")
+        kern = predict(config, layout, dataclasses.replace(one, device=kernels), 1, batch_size=r["batch"],
+                       precision="bf16")
+        rows.append({**r, "predicted_spec_s": spec.step_s, "predicted_kernels_s": kern.step_s,
+                     "error_spec": spec.step_s / r["step_s"] - 1, "error_kernels": kern.step_s / r["step_s"] - 1})
+    return rows
+
+
+def gpu_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| case | batch | compile | AC | measured s | MFU | predicted s (spec profile) | error | "
+             "predicted s (measured kernel rates) | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['batch']} | {'on' if r['compile'] else 'off'} | "
+                     f"{'on' if r['activation_checkpointing'] else 'off'} | {r['step_s']:.4f} | {r['mfu']:.1%} | "
+                     f"{r['predicted_spec_s']:.4f} | {r['error_spec']:+.0%} | {r['predicted_kernels_s']:.4f} | "
+                     f"{r['error_kernels']:+.0%} |")
     return lines
