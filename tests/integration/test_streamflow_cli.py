@@ -59,6 +59,19 @@ def test_every_family_forecasts_through_the_cli(tmp_path, family):
     assert all(len(median[name]["nse"]) == 3 and len(median[name]["kge"]) == 3 for name in median)
 
 
+def test_pi3nn_intervals_train_as_three_phases_and_are_written(tmp_path):
+    run = tmp_path / "intervals"
+    assert main(["train", "--config", TINY, "--run-dir", str(run), *FAST, "options.intervals=true",
+                 "options.bound_steps=4", "options.confidence=0.8"]) == 0
+    intervals = _summary(run)["intervals"]
+    assert intervals["val"]["picp"] == pytest.approx(0.8, abs=0.02)  # calibrated on the validation period
+    assert 0 < intervals["test"]["picp"] <= 1 and [r["year"] for r in intervals["test"]["by_year"]] == [1994, 1995]
+    assert set(step_losses(run)) == set(range(2, 15, 2))  # 6 mean + 4 upper + 4 lower steps
+    assert main(["evaluate", "--run-dir", str(run), "--format", "netcdf"]) == 0
+    p = xr.open_dataset(run / "evaluation" / "predictions.nc")
+    assert bool((p.q_lower <= p.q_pred).all()) and bool((p.q_pred <= p.q_upper).all())
+
+
 def test_camels_basins_train_and_evaluate(tmp_path):
     run = tmp_path / "camels"
     assert main(["train", "--config", CAMELS, "--run-dir", str(run), "train.max_steps=6", "train.log_every=2",

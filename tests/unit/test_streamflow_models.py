@@ -83,3 +83,19 @@ def test_imv_lstm_variable_attention_finds_the_driver_of_a_planted_lag():
     beta, alpha = beta.mean(0).numpy(), alpha.mean(0).numpy()
     assert np.argmax(beta) == 0 and beta[0] > 0.5
     np.testing.assert_allclose(alpha.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_pi3nn_bounds_learn_one_sided_residuals_and_calibrate_to_the_confidence():
+    from orbit.plugins.streamflow.intervals import bounds, calibrators, one_sided_loss
+
+    output = torch.tensor([[[0.0], [1.0], [1.0]], [[0.0], [2.0], [0.5]], [[0.0], [1.0], [3.0]]])  # (B, [f, u, l], H)
+    y = torch.tensor([[1.5], [float("nan")], [-1.0]])
+    assert float(one_sided_loss(output, y, 1)) == pytest.approx((1.0 - 1.5) ** 2)  # only the point above f
+    assert float(one_sided_loss(output, y, 2)) == pytest.approx((3.0 - 1.0) ** 2)  # only the point below f
+    rng = np.random.default_rng(0)
+    f, u, l = np.zeros((4, 500, 2)), np.ones((4, 500, 2)), np.ones((4, 500, 2))
+    q = rng.normal(size=(4, 500, 2)) * np.array([1.0, 2.0])  # the second lead is twice as uncertain
+    cals = calibrators(f, u, l, q)
+    lower, upper = bounds(cals, f, u, l, 0.9)
+    assert np.mean((q >= lower) & (q <= upper)) == pytest.approx(0.9, abs=0.002)
+    assert upper[0, 0, 1] == pytest.approx(2 * upper[0, 0, 0], rel=0.15)

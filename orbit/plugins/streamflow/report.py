@@ -28,6 +28,15 @@ def markdown(summary: dict[str, Any], family: str, horizon: int) -> str:
     for name in summary["median"]["test"]:
         cells = [_fmt(summary["median"][s][name][m][h]) for s in ("val", "test") for m in ("nse", "kge") for h in leads]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "intervals" in summary:
+        iv = summary["intervals"]
+        lines += ["", f"PI3NN intervals at confidence {iv['confidence']} (calibrated on {iv['calibrated_on']}), lead 1:",
+                  "", "| period | PICP | mean width (mm/day) | RMSE (mm/day) |", "|---|---|---|---|"]
+        for split in ("val", "test"):
+            for row in iv[split]["by_year"]:
+                lines.append(f"| {split} {row['year']} | {row['picp']:.3f} | {row['width']:.3f} | {row['rmse']:.3f} |")
+        lines.append(f"\nSpearman correlation over test basins of mean width with RMSE: "
+                     f"{_fmt(iv['test']['spearman_width_rmse_over_basins'])}")
     return "\n".join(lines)
 
 

@@ -24,9 +24,9 @@ from torch import nn
 
 from orbit.config import DataConfig, EvalConfig, RunConfig
 from orbit.registry import register_task
-from orbit.train.task import Task
+from orbit.train.task import Phase, Task
 
-from . import report
+from . import intervals, report
 from .basins import BasinSet, check_periods, parse_period
 from .camels import read_camels_us
 from .models import FAMILIES, GeoLSTM, Sizes, TemporalSequenceTransformer
@@ -116,10 +116,17 @@ class StreamflowEvalConfig(EvalConfig):
 @dataclass
 class StreamflowOptions:
     loss: str = "nse"
+    intervals: bool = False  # PI3NN: train upper and lower networks after the mean (intervals.py)
+    confidence: float = 0.9
+    bound_steps: int = 0  # steps of each bound phase; 0 = train.max_steps
+    bound_hidden: int = 0  # width of the bound networks; 0 = model.hidden
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r} is not valid; use one of {list(LOSSES)}")
+        if not 0 < self.confidence < 1 or self.bound_steps < 0 or self.bound_hidden < 0:
+            raise ValueError(f"need 0 < confidence < 1, bound_steps >= 0, bound_hidden >= 0; got {self.confidence}, "
+                             f"{self.bound_steps}, {self.bound_hidden}")
 
 
 def load_basins(d: StreamflowDataConfig) -> BasinSet:
@@ -164,11 +171,27 @@ class StreamflowTask(Task):
         self.sizes = Sizes(len(self.data.driver_names), len(self.data.static_names), d.seq_len, d.horizon)
         self.scores: dict[str, Any] = {}
 
-    def build_model(self) -> nn.Module:
+    def _network(self, hidden: int) -> nn.Module:
         m = self.cfg.model
         extra = {"heads": m.heads} if FAMILIES[m.family] is TemporalSequenceTransformer else \
             {"embed": m.embed} if FAMILIES[m.family] is GeoLSTM else {}
-        return FAMILIES[m.family](self.sizes, hidden=m.hidden, layers=m.layers, dropout=m.dropout, **extra)
+        return FAMILIES[m.family](self.sizes, hidden=hidden, layers=m.layers, dropout=m.dropout, **extra)
+
+    def build_model(self) -> nn.Module:
+        o = self.cfg.options
+        if not o.intervals:
+            return self._network(self.cfg.model.hidden)
+        bound = o.bound_hidden or self.cfg.model.hidden
+        return intervals.IntervalForecaster(self._network(self.cfg.model.hidden), self._network(bound),
+                                            self._network(bound))
+
+    def phases(self, train_cfg) -> list[Phase]:
+        if not self.cfg.options.intervals:
+            return super().phases(train_cfg)
+        bound = self.cfg.options.bound_steps or train_cfg.max_steps
+        return [Phase("mean", train_cfg.max_steps, ("mean",)),
+                Phase("upper", bound, ("upper",), loss=lambda out, batch: intervals.one_sided_loss(out, batch.y, 1)),
+                Phase("lower", bound, ("lower",), loss=lambda out, batch: intervals.one_sided_loss(out, batch.y, 2))]
 
     def train_batches(self, dp_rank: int, dp_size: int) -> WindowBatches:
         b, t0 = self.train_samples
@@ -178,6 +201,8 @@ class StreamflowTask(Task):
         return batch.inputs()
 
     def loss(self, output: torch.Tensor, batch: StreamflowBatch) -> torch.Tensor:
+        if self.cfg.options.intervals:
+            output = output[:, 0]
         seen = torch.isfinite(batch.y)
         error = (output.float() - torch.nan_to_num(batch.y)) ** 2
         if self.cfg.options.loss == "nse":
@@ -192,7 +217,8 @@ class StreamflowTask(Task):
         return rows
 
     def predict(self, engine, split: str) -> dict[str, np.ndarray]:
-        """{"rows", "t0" (n_t0,), "pred", "obs" (N_basin, n_t0, H) in mm/day} of a held-out split."""
+        """{"rows", "t0" (n_t0,), "pred", "obs" (N_basin, n_t0, H) in mm/day} of a held-out split; with
+        intervals also "fn", "u", "l", "qn": the PI3NN outputs and the target in normalised units."""
         rows = self.eval_rows(split)
         first, last = self.days[split]
         b, t0 = self.windows.samples(rows, first, last, require_target=False)
@@ -200,12 +226,34 @@ class StreamflowTask(Task):
         for start in range(0, len(b), self.cfg.eval.batch_size):
             batch = self.windows.batch(b[start:start + self.cfg.eval.batch_size], t0[start:start + self.cfg.eval.batch_size])
             out.append(engine.forward(batch.inputs()).float().cpu().numpy())
-        shape = (len(rows), -1, self.cfg.data.horizon)
-        pred = self.windows.physical(np.concatenate(out).astype(np.float64)).reshape(shape)
-        n_t0 = pred.shape[1]
+        out = np.concatenate(out).astype(np.float64)
+        n_t0 = len(b) // len(rows)
         t0s = t0[:n_t0]
         leads = t0s[:, None] + np.arange(1, self.cfg.data.horizon + 1)
-        return {"rows": rows, "t0": t0s, "pred": pred, "obs": self.data.flow[rows][:, leads]}
+        shape = (len(rows), n_t0, self.cfg.data.horizon)
+        result = {"rows": rows, "t0": t0s, "obs": self.data.flow[rows][:, leads]}
+        if self.cfg.options.intervals:
+            result.update(fn=out[:, 0].reshape(shape), u=out[:, 1].reshape(shape), l=out[:, 2].reshape(shape),
+                          qn=self.windows.q[rows][:, leads].astype(np.float64))
+            out = out[:, 0]
+        result["pred"] = self.windows.physical(out.reshape(shape))
+        return result
+
+    def add_intervals(self, predictions: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+        """PI3NN step 4 on the validation period, then "lower"/"upper" (mm/day) into each split's
+        predictions; returns the interval scores of both splits (intervals.py)."""
+        val = predictions["val"]
+        cals = intervals.calibrators(val["fn"], val["u"], val["l"], val["qn"])
+        gamma = self.cfg.options.confidence
+        scores: dict[str, Any] = {"confidence": gamma, "calibrated_on": "val",
+                                  "alpha": [c.scales(gamma).alpha for c in cals],
+                                  "beta": [c.scales(gamma).beta for c in cals]}
+        for split, p in predictions.items():
+            lower, upper = intervals.bounds(cals, p["fn"], p["u"], p["l"], gamma)
+            p["lower"], p["upper"] = self.windows.physical(lower), self.windows.physical(upper)
+            years = self.data.dates[p["t0"] + 1].astype("datetime64[Y]").astype(int) + 1970
+            scores[split] = intervals.interval_scores(p["obs"], p["pred"], p["lower"], p["upper"], years)
+        return scores
 
     def evaluate(self, engine, step: int) -> dict[str, Any]:
         out: dict[str, Any] = {"scalars": {}, "median": {}, "per_basin": {}}
@@ -221,6 +269,11 @@ class StreamflowTask(Task):
                 if self.cfg.data.horizon > 1:
                     scalars[f"{prefix}nse_lead{self.cfg.data.horizon}"] = metrics["nse"][-1]
                 out["scalars"].update({k: v for k, v in scalars.items() if v is not None})
+        if self.cfg.options.intervals:
+            out["intervals"] = self.add_intervals(self.scores)
+            for split in ("val", "test"):
+                out["scalars"][f"{split}_picp"] = out["intervals"][split]["picp"]
+                out["scalars"][f"{split}_interval_width"] = out["intervals"][split]["width"]
         out["protocol"] = {"split": self.cfg.data.split, "periods": {k: [str(a), str(b)] for k, (a, b) in
                                                                       self.periods.items()},
                            "basins": {k: [self.data.basins[i] for i in v] for k, v in self.rows.items()}}
@@ -232,14 +285,17 @@ class StreamflowTask(Task):
     def predictions(self, engine) -> Any:
         import xarray as xr
 
-        p = self.scores.get("test") or self.predict(engine, "test")
+        if "test" not in self.scores:
+            self.evaluate(engine, 0)
+        p = self.scores["test"]
         clim = climatology(self.data, self.days["train"], self.rows["train"], p["rows"], p["t0"], self.cfg.data.horizon,
                            gauged=self.cfg.data.split == "temporal")
         persistence = self.data.flow[p["rows"]][:, p["t0"]][..., None].repeat(self.cfg.data.horizon, axis=-1)
         dims = ("basin", "time", "lead")
         return xr.Dataset(
             {"q_pred": (dims, p["pred"]), "q_obs": (dims, p["obs"]), "q_persistence": (dims, persistence),
-             "q_climatology": (dims, clim)},
+             "q_climatology": (dims, clim),
+             **({"q_lower": (dims, p["lower"]), "q_upper": (dims, p["upper"])} if "lower" in p else {})},
             coords={"basin": [self.data.basins[i] for i in p["rows"]], "time": self.data.dates[p["t0"]],
                     "lead": np.arange(1, self.cfg.data.horizon + 1)},
             attrs={"description": "test-period flow forecasts in mm/day; time = issue day, the target day is "
