@@ -35,6 +35,8 @@ CASES = [
     ("lstm_ed", "lstm_ed.yaml", "forecast 1-30 d", []),
     ("tst", "tst.yaml", "forecast 1-30 d", []),
     ("geo_lstm", "camels.yaml", "CAMELS-US 3 basins, temporal", []),
+    ("lstm + PI3NN", "lstm.yaml", "changing conditions (90% intervals)", ["options.intervals=true",
+                                                                          "options.bound_steps=500"]),
 ]
 EXPLAIN = {0: ["ig", "shap"], 2: ["attention"], 7: ["attention"]}  # case index -> methods
 
@@ -79,10 +81,11 @@ def main() -> int:
             (run / "bench.json").write_text(json.dumps({"seconds": seconds}))
         summary = json.loads((run / "summary.json").read_text())
         entry = {"index": index, "label": label, "config": config, "protocol": protocol, "overrides": extra,
-                 "seconds": seconds, "median": summary["median"], "family": label.split(" ")[0]}
-        if index in EXPLAIN:
+                 "seconds": seconds, "median": summary["median"], "intervals": summary.get("intervals")}
+        if index in EXPLAIN and not (run / "explain" / "explanations.json").is_file():
             _orbit(["explain", "--run-dir", str(run), "--methods", *EXPLAIN[index], "--samples", "256"],
                    args.runs / f"case{index}_explain.log")
+        if index in EXPLAIN:
             entry["explain"] = json.loads((run / "explain" / "explanations.json").read_text())
         results.append(entry)
         print(f"case {index} {label} {protocol}: {seconds and round(seconds)} s", flush=True)
@@ -117,6 +120,19 @@ def markdown(results: list[dict], budget: list[str], args) -> str:
                      f"{_fmt(m['test'][key]['nse'][-1]) if len(m['test'][key]['nse']) > 1 else '–'} | "
                      f"{_fmt(pers[0])} | {_fmt(m['test']['climatology']['nse'][0])} | "
                      f"{'–' if r['seconds'] is None else round(r['seconds'])} |")
+    for r in results:
+        if not r.get("intervals"):
+            continue
+        iv = r["intervals"]
+        lines += ["", f"## Changing conditions: {r['label']}, {100 * iv['confidence']:.0f}% PI3NN intervals "
+                      f"calibrated on the validation period (1996-2000), lead 1, pooled over scored basins", "",
+                  "| period | year | PICP | mean width (mm/day) | RMSE (mm/day) |", "|---|---|---|---|---|"]
+        for split in ("val", "test"):
+            for row in iv[split]["by_year"]:
+                lines.append(f"| {split} | {row['year']} | {row['picp']:.3f} | {row['width']:.3f} | {row['rmse']:.3f} |")
+        lines.append(f"\nSpearman correlation over test basins of mean interval width with RMSE: "
+                     f"{_fmt(iv['test']['spearman_width_rmse_over_basins'])}; test PICP {iv['test']['picp']:.3f}, "
+                     f"validation PICP {iv['val']['picp']:.3f}.")
     for r in results:
         if "explain" not in r:
             continue
