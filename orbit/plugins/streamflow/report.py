@@ -1,6 +1,7 @@
 """The streamflow run report: `streamflow_report.md` (median NSE / KGE per forecaster and split, per
-lead), `streamflow_nse_cdf.png` (CDF of the per-basin test NSE) and, for forecasts,
-`streamflow_nse_lead.png` (median test NSE against lead day)."""
+lead; interval coverage per year), `streamflow_nse_cdf.png` (CDF of the per-basin test NSE),
+`streamflow_hydrograph.png` (the first scored basin's test hydrograph, with the interval if any)
+and, for forecasts, `streamflow_nse_lead.png` (median test NSE against lead day)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,3 +69,19 @@ def write_report(summary: dict[str, Any], run_dir: Path, family: str, horizon: i
         fig.tight_layout()
         fig.savefig(Path(run_dir, "streamflow_nse_lead.png"), dpi=110)
         plt.close(fig)
+
+
+def plot_hydrograph(p: dict[str, np.ndarray], dates: np.ndarray, basin: str, row: int, path: Path) -> None:
+    """Observed and forecast flow (lead 1) of one basin over a test period, with the interval if any."""
+    days = dates[p["t0"] + 1]
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    if "lower" in p:
+        ax.fill_between(days, p["lower"][row, :, 0], p["upper"][row, :, 0], color="tab:blue", alpha=0.25,
+                        label="interval")
+    ax.plot(days, p["obs"][row, :, 0], color="black", lw=0.8, label="observed")
+    ax.plot(days, p["pred"][row, :, 0], color="tab:blue", lw=0.8, label="forecast (lead 1)")
+    ax.set(ylabel="flow (mm/day)", title=f"basin {basin}, test period")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -281,6 +281,10 @@ class StreamflowTask(Task):
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         report.write_report(summary, run_dir, self.cfg.model.family, self.cfg.data.horizon)
+        if "test" in self.scores:
+            p = self.scores["test"]
+            report.plot_hydrograph(p, self.data.dates, self.data.basins[p["rows"][0]], 0,
+                                   Path(run_dir, "streamflow_hydrograph.png"))
 
     def predictions(self, engine) -> Any:
         import xarray as xr
