@@ -14,7 +14,9 @@ What is measured, one thread per rank as `orbit bench` runs (fp32):
   a fit t = c0 + bytes / W, bytes = elements x 4 x (tensors read + written: add 3, lerp_ 3,
   addcdiv_ 4; GELU and layer norm forward 2 + backward 3).
 - Per-op dispatch: an autograd forward+backward chain of tiny ops, per op; the same chain on a
-  replicated DTensor of a 2-rank mesh (tensor parallel runs its ops through DTensor dispatch).
+  replicated DTensor of a 2-rank mesh (tensor parallel runs its ops through DTensor dispatch); and
+  a chain of in-place ops without autograd on a plain tensor and on a DTensor (what the optimizer
+  runs on FSDP / TP parameters).
 - gloo collectives on 2 spawned ranks (all-reduce, all-gather, reduce-scatter, all-to-all,
   send/recv) from 4 KiB to 16 MiB; per collective t = alpha + sent / beta (sent = bytes one rank
   sends, the convention of `comm_stats`).
@@ -162,7 +164,16 @@ def sent_per_rank(op: str, payload: int, n: int) -> float:
     return (n - 1) / n * payload
 
 
-def _dtensor_op_overhead(repeats: int, ops: int = 50) -> float:
+def _inplace_chain(x: torch.Tensor, repeats: int, ops: int = 50) -> float:
+    """Seconds per in-place op without autograd (the optimizer's kind of op)."""
+    def chain():
+        for _ in range(ops):
+            x.mul_(1.0)
+    return best_time(chain, repeats) / ops
+
+
+def _dtensor_op_overhead(repeats: int, ops: int = 50) -> tuple[float, float]:
+    """(per op of an autograd chain, per in-place op without autograd) on a replicated DTensor."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, distribute_tensor
 
@@ -174,11 +185,14 @@ def _dtensor_op_overhead(repeats: int, ops: int = 50) -> float:
         for _ in range(ops):
             y = y * 1.0001
         y.sum().backward()
-    return best_time(chain, repeats) / (2 * ops)
+    with torch.no_grad():
+        inplace = _inplace_chain(distribute_tensor(torch.randn(4), mesh, [Replicate()]), repeats)
+    return best_time(chain, repeats) / (2 * ops), inplace
 
 
 def _collectives_on_rank(rank: int, world_size: int, repeats: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"dtensor_op_overhead_s": _dtensor_op_overhead(repeats)}
+    autograd, inplace = _dtensor_op_overhead(repeats)
+    out: dict[str, Any] = {"dtensor_op_overhead_s": autograd, "dtensor_inplace_op_s": inplace}
     for op in COLLECTIVES:
         rows = []
         for payload in COLLECTIVE_SIZES:
@@ -199,11 +213,12 @@ def _collectives_on_rank(rank: int, world_size: int, repeats: int) -> dict[str, 
 
 def measure_collectives(repeats: int) -> dict[str, Any]:
     """op -> [[bytes sent per rank, seconds], ...] on 2 gloo ranks (slowest rank per size), and
-    "dtensor_op_overhead_s" (the larger of the two ranks')."""
+    "dtensor_op_overhead_s", "dtensor_inplace_op_s" (the larger of the two ranks')."""
     per_rank = spawn(_collectives_on_rank, 2, repeats, timeout_s=600)
     out: dict[str, Any] = {op: [[a[0], max(a[1], b[1])] for a, b in zip(per_rank[0][op], per_rank[1][op])]
                            for op in COLLECTIVES}
-    out["dtensor_op_overhead_s"] = max(r["dtensor_op_overhead_s"] for r in per_rank)
+    for key in ("dtensor_op_overhead_s", "dtensor_inplace_op_s"):
+        out[key] = max(r[key] for r in per_rank)
     return out
 
 
@@ -217,6 +232,8 @@ def calibrate(repeats: int = 5) -> dict[str, Any]:
                "elementwise": measure_elementwise(repeats), "op_overhead_s": measure_op_overhead(repeats)}
         collectives = measure_collectives(repeats)
         raw["dtensor_op_overhead_s"] = collectives.pop("dtensor_op_overhead_s")
+        raw["dtensor_inplace_op_s"] = collectives.pop("dtensor_inplace_op_s")
+        raw["inplace_op_s"] = _inplace_chain(torch.randn(4), repeats)
         raw["collectives"] = collectives
         load_after = os.getloadavg()[0]
     finally:
@@ -246,6 +263,7 @@ def fit(raw: dict[str, Any]) -> dict[str, Any]:
         coll[op] = {"alpha_s": alpha, "beta_bytes_per_s": 1 / inv_beta}
     return {"gemm": gemm, "sdpa": sdpa, "elementwise": elementwise,
             "op_overhead_s": raw["op_overhead_s"], "dtensor_op_overhead_s": raw["dtensor_op_overhead_s"],
+            "inplace_op_s": raw["inplace_op_s"], "dtensor_inplace_op_s": raw["dtensor_inplace_op_s"],
             "collectives": coll}
 
 

@@ -7,6 +7,8 @@ A `DeviceProfile` turns work into seconds per op group (the "efficiency curves")
     elementwise  t = c0 + bytes / W_kind           kinds: "simple" (adds, in-place updates),
                                                    "gelu", "norm" (layer norm), fwd+bwd bytes
     dispatch     op_overhead_s per op (framework + launch), dtensor_op_overhead_s per op on a DTensor
+                 (autograd ops of the blocks); inplace_op_s / dtensor_inplace_op_s per in-place op
+                 without autograd (the optimizer's)
 
 so the achieved rate of a GEMM, F / t = R F / (F + c0 R), rises with its size towards R.
 
@@ -57,6 +59,8 @@ class DeviceProfile:
     elementwise: dict[str, Rate]  # "simple", "gelu", "norm"
     op_overhead_s: float
     dtensor_op_overhead_s: float
+    inplace_op_s: float
+    dtensor_inplace_op_s: float
     overlap_comm: bool  # collectives progress beside compute (GPU copy engines / NICs); CPU: no
     source: str
     assumptions: tuple[str, ...] = ()
@@ -122,7 +126,8 @@ def _gpu(name: str, peak_bf16: float, peak_fp32: float, hbm: float, memory: int,
         gemm={kind: Rate(launch_s, rate) for kind in ("forward", "input_grad", "weight_grad")},
         attention={"forward": Rate(launch_s, 0.55 * rate), "forward_backward": Rate(3 * launch_s, 0.40 * rate)},
         elementwise={kind: Rate(launch_s, 0.8 * hbm) for kind in ("simple", "gelu", "norm")},
-        op_overhead_s=launch_s, dtensor_op_overhead_s=30e-6, overlap_comm=True, source=source,
+        op_overhead_s=launch_s, dtensor_op_overhead_s=30e-6, inplace_op_s=launch_s, dtensor_inplace_op_s=30e-6,
+        overlap_comm=True, source=source,
         assumptions=(f"large GEMMs reach {gemm_eff:.2f} of the dense peak (a tuned BLAS on large bf16 GEMMs)",
                      *GPU_ASSUMPTIONS))
 
@@ -184,6 +189,7 @@ def cpu_profile(fit: dict[str, Any], *, name: str = "CPU core (calibrated)") -> 
         attention={k: rate(d, "rate_flops") for k, d in fit["sdpa"].items()},
         elementwise={k: rate(d, "bytes_per_s") for k, d in fit["elementwise"].items()},
         op_overhead_s=fit["op_overhead_s"], dtensor_op_overhead_s=fit["dtensor_op_overhead_s"],
+        inplace_op_s=fit["inplace_op_s"], dtensor_inplace_op_s=fit["dtensor_inplace_op_s"],
         overlap_comm=False, source="micro-measurements (orbit.perf.calibrate)",
         assumptions=("collectives share the rank's core with compute: no overlap",))
 

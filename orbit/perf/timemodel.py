@@ -24,8 +24,10 @@ Compute per block and microbatch on one rank (times from the device profile, `de
   Activation checkpointing recomputes every block's forward (GEMMs, attention, elementwise, and
   its tensor-/sequence-parallel collectives) once in backward.
 Optimizer (once per step, on the rank's stored shard P_r): AdamW + clipping move 96 bytes per
-  parameter (84 AdamW as torch's single-tensor path, 12 the clip norm and scale), 12 ops per
-  parameter tensor, through DTensor when FSDP or TP made the parameters DTensors.
+  parameter (84 AdamW as torch's single-tensor path, 12 the clip norm and scale), 10 in-place ops
+  per parameter tensor (8 in `_single_tensor_adamw`: decay mul_, lerp_, mul_ + addcmul_, sqrt, div,
+  add_, addcdiv_; 2 for the clip's norm and scale), through DTensor when FSDP or TP made the
+  parameters DTensors.
   FSDP copies: each gather copies the unit out (e_p P) and each reduce-scatter copies gradients in
   (4 P): 2 (2 e_p + 4) P bytes per step ("simple").
 
@@ -64,7 +66,7 @@ BLOCK_FORWARD_OPS, BLOCK_BACKWARD_OPS = 30, 44
 BLOCK_DTENSOR_FORWARD_OPS, BLOCK_DTENSOR_BACKWARD_OPS = 24, 36
 FRONT_HEAD_OPS = 80  # forward + backward of the front end, head and loss
 ADAMW_BYTES_PER_PARAM, CLIP_BYTES_PER_PARAM = 84, 12
-OPTIMIZER_OPS_PER_TENSOR = 12
+OPTIMIZER_OPS_PER_TENSOR = 10
 FSDP_LABELS = ("dp_shard", "dp_shard_sp", "sp_fsdp")
 
 
@@ -189,9 +191,9 @@ def optimizer_time(config: OrbitConfig, layout: Layout, device: DeviceProfile) -
     """AdamW + clipping on the rank's shard, plus FSDP's copy-in/copy-out (module docstring)."""
     params, tensors = _rank_params(config, layout)
     dtensor = layout.tp > 1 or (layout.engine == "fsdp" and layout.dp_replicate * layout.dp_shard * layout.sp > 1)
-    per_op = device.dtensor_op_overhead_s if dtensor else device.op_overhead_s
+    per_op = device.dtensor_inplace_op_s if dtensor else device.inplace_op_s
     simple = device.elementwise["simple"]
-    seconds = tensors * OPTIMIZER_OPS_PER_TENSOR * (per_op + simple.c0_s)
+    seconds = tensors * OPTIMIZER_OPS_PER_TENSOR * per_op
     seconds += (ADAMW_BYTES_PER_PARAM + CLIP_BYTES_PER_PARAM) * params / simple.rate
     return seconds
 

@@ -21,7 +21,8 @@ def _fit(gemm=50e9, dtensor=100e-6, alpha=1e-4, beta=1e9) -> dict:
     return {"gemm": {k: rate for k in ("forward", "input_grad", "weight_grad")},
             "sdpa": {"forward": {"c0_s": 0.0, "rate_flops": gemm / 2}, "forward_backward": {"c0_s": 0.0, "rate_flops": gemm / 3}},
             "elementwise": {k: {"c0_s": 0.0, "bytes_per_s": 10e9} for k in ("simple", "gelu", "norm")},
-            "op_overhead_s": 5e-6, "dtensor_op_overhead_s": dtensor,
+            "op_overhead_s": 5e-6, "dtensor_op_overhead_s": dtensor, "inplace_op_s": 3e-6,
+            "dtensor_inplace_op_s": dtensor / 2,
             "collectives": {op: {"alpha_s": alpha, "beta_bytes_per_s": beta}
                             for op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")}}
 
