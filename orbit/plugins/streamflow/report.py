@@ -20,9 +20,9 @@ def _fmt(v) -> str:
 
 def markdown(summary: dict[str, Any], family: str, horizon: int) -> str:
     proto = summary.get("protocol", {})
+    scored = [len(summary["per_basin"][s][family]) for s in ("val", "test")]
     lines = [f"Streamflow `{family}`, step {summary.get('step')}, split {proto.get('split')}, periods "
-             f"{proto.get('periods')}; median over basins (n val/test = "
-             f"{len(proto.get('basins', {}).get('val', []))}/{len(proto.get('basins', {}).get('test', []))})", ""]
+             f"{proto.get('periods')}; median over the scored basins (val/test: {scored[0]}/{scored[1]})", ""]
     leads = sorted({0, horizon - 1})
     head = " | ".join(f"{s} {m} lead {h + 1}" for s in ("val", "test") for m in ("NSE", "KGE") for h in leads)
     lines += [f"| forecaster | {head} |", "|---" * (1 + 4 * len(leads)) + "|"]
