@@ -50,7 +50,7 @@ def test_nse_star_weights_errors_by_the_basin_spread():
     from orbit.plugins.streamflow.windows import StreamflowBatch
 
     task = StreamflowTask.__new__(StreamflowTask)
-    task.cfg = SimpleNamespace(options=SimpleNamespace(loss="nse"))
+    task.cfg = SimpleNamespace(options=SimpleNamespace(loss="nse", intervals=False))
     y = torch.tensor([[1.0, float("nan")], [0.0, 2.0]])
     batch = StreamflowBatch(*[None] * 4, y=y, basin_std=torch.tensor([[0.4], [1.9]]), basin=None, t0=None)
     out = torch.zeros(2, 2)
