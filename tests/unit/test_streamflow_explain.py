@@ -2,7 +2,6 @@
 w * (x - x0), IG is complete on an LSTM, and on synthetic basins the attributions rank the drivers
 the generator uses above the control driver it never uses."""
 import numpy as np
-import pytest
 import torch
 from torch import nn
 

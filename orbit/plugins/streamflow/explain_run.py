@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from orbit.config import load_config
 from orbit.parallel.checkpoint import load_distributed
@@ -114,7 +113,7 @@ def run_explain(run_dir: str | Path, methods: list[str] | None = None, samples: 
         maps = attention(model, inputs)
         if "beta" in maps:
             result["imv_variable_importance"] = dict(zip([*names, "flow"], maps["beta"].astype(float).tolist()))
-            _heatmap(maps["alpha"].T, [*names, "flow"], cfg.data.seq_len, f"IMV-LSTM temporal attention",
+            _heatmap(maps["alpha"].T, [*names, "flow"], cfg.data.seq_len, "IMV-LSTM temporal attention",
                      out_dir / "attention_imv.png")
         if "cross" in maps:
             result["tst_cross_attention_lead1_peak_lag"] = int(np.argmax(maps["cross"][0]) - cfg.data.seq_len + 1)
