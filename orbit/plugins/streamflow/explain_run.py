@@ -80,6 +80,8 @@ def run_explain(run_dir: str | Path, methods: list[str] | None = None, samples: 
     task = build_task(cfg)
     model = task.build_model()
     load_distributed(checkpoint, [model])
+    if cfg.options.intervals:  # explain the mean network of a PI3NN run
+        model = model.mean
     model.eval()
     rng = np.random.default_rng([seed, 3])
     b, t0 = task.windows.samples(task.rows["test"], *task.days["test"], require_target=True)
