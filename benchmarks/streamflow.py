@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,9 @@ CASES = [
                                                                           "options.bound_steps=500"]),
 ]
 EXPLAIN = {0: ["ig", "shap"], 2: ["attention"], 7: ["attention"]}  # case index -> methods
+FIGURES = [(0, "explain/attribution_ig.png", "attribution_ig.png"), (0, "explain/attribution_shap.png",
+            "attribution_shap.png"), (2, "explain/attention_imv.png", "attention_imv.png"),
+           (9, "streamflow_hydrograph.png", "hydrograph_intervals.png")]
 
 
 def _orbit(args: list[str], log: Path) -> float:
@@ -81,7 +85,9 @@ def main() -> int:
             (run / "bench.json").write_text(json.dumps({"seconds": seconds}))
         summary = json.loads((run / "summary.json").read_text())
         entry = {"index": index, "label": label, "config": config, "protocol": protocol, "overrides": extra,
-                 "seconds": seconds, "median": summary["median"], "intervals": summary.get("intervals")}
+                 "seconds": seconds, "median": summary["median"], "intervals": summary.get("intervals"),
+                 "test_nse": {name: [v["nse"][0] for v in table.values()]
+                              for name, table in summary["per_basin"]["test"].items()}}
         if index in EXPLAIN and not (run / "explain" / "explanations.json").is_file():
             _orbit(["explain", "--run-dir", str(run), "--methods", *EXPLAIN[index], "--samples", "256"],
                    args.runs / f"case{index}_explain.log")
@@ -93,6 +99,11 @@ def main() -> int:
     Path(f"{out}_benchmark.json").write_text(json.dumps({"budget": budget, "results": results}, indent=1))
     Path(f"{out}_benchmark.md").write_text(markdown(results, budget, args) + "\n")
     lead_figure(results, Path(f"{out}_lead_nse.png"))
+    cdf_figure(results, Path(f"{out}_nse_cdf.png"))
+    for index, name, target in FIGURES:
+        source = args.runs / f"case{index}" / name
+        if source.is_file():
+            shutil.copy(source, f"{out}_{target}")
     return 0
 
 
@@ -178,6 +189,28 @@ def lead_figure(results: list[dict], path: Path) -> None:
     ax.set(xlabel="lead (days)", ylabel="median test NSE", title="synthetic basins, 2001-2009")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cdf_figure(results: list[dict], path: Path) -> None:
+    """CDF over test basins of lead-1 NSE, per model and protocol (synthetic cases), and the references
+    of the temporal protocol."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        if r["config"] == "camels.yaml" or r.get("intervals"):
+            continue
+        key = _model_key(r["median"]["test"])
+        names = [key] + (["persistence", "climatology"] if r["index"] == 0 else [])
+        for name in names:
+            nse = np.sort([v for v in r["test_nse"][name] if v is not None])
+            label = f"{r['label']} ({r['protocol']})" if name == key else f"{name} (temporal)"
+            ax.step(np.clip(nse, -1, 1), np.arange(1, len(nse) + 1) / len(nse), where="post", label=label,
+                    ls="-" if name == key else "--")
+    ax.set(xlabel="test NSE, lead 1 (clipped at -1)", ylabel="fraction of basins", xlim=(-1, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
