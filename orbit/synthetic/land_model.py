@@ -309,18 +309,18 @@ class SpinupResult:
 
 
 def spin_up(model: LandModel, state: np.ndarray, tol: float = 1.0, window: int = 10, max_years: int = 5000,
-            min_years: int = 0, record: bool = False, accelerated: bool = False) -> SpinupResult:
+            min_years: int = 0, record: bool = False, accelerated: bool | np.ndarray = False) -> SpinupResult:
     """Run years until every cell's |annual NEE| has stayed below `tol` (gC m-2 yr-1) for `window` years.
 
     `years[i]` is the number of years simulated before that window started (0: already at equilibrium).
     `accelerated`: ELM-style AD spin-up — run with AD_FACTORS until the criterion holds per cell, then
     scale the AD pools back (per cell, at that moment) and continue normally until it holds again;
-    `years` then counts both phases.
+    `years` then counts both phases. A boolean array (N,) chooses AD per cell (several starts in one run).
     """
     if tol <= 0 or window < 1 or max_years < 1:
         raise ValueError(f"need tol > 0, window >= 1, max_years >= 1; got {tol}, {window}, {max_years}")
     n = model.n
-    in_ad = np.full(n, accelerated)
+    in_ad = np.broadcast_to(np.asarray(accelerated, dtype=bool), (n,)).copy()
     below = np.zeros(n, dtype=int)  # consecutive years below tol in the current phase
     years = np.full(n, -1)
     done_state = np.array(state, dtype=np.float64, copy=True)
@@ -328,7 +328,7 @@ def spin_up(model: LandModel, state: np.ndarray, tol: float = 1.0, window: int =
     fluxes: dict = {}
     ad_cols = [IDX[p] for p in DECOMP_POOLS]
     for year in range(max_years):
-        accel = np.where(in_ad[:, None], AD_FACTORS, 1.0) if accelerated else None
+        accel = np.where(in_ad[:, None], AD_FACTORS, 1.0) if in_ad.any() else None
         state, fluxes = model.run_year(state, accel)
         if record:
             history.append(fluxes["nee"].astype(np.float32))

@@ -1,11 +1,15 @@
 """DownscaleViT: shapes, the bicubic starting point, and loading pretrained blocks with replaced parts."""
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from orbit.config import FinetuneConfig
 from orbit.models.downscale_net import DownscaleViT, PixelShuffleHead, upsample_bicubic
 from orbit.models.registry import create_model, get_config
-from orbit.tasks.downscale import bicubic_baseline
+from orbit.tasks.downscale import StaticsRegression, bicubic_baseline
 from orbit.train.finetune import prepare_model
 
 SMALL = dict(embed_dim=32, depth=2, num_heads=2)
@@ -78,6 +82,42 @@ def test_bicubic_baseline_keeps_precipitation_non_negative():
     coarse[:, :, 8, 16] = 10.0  # a spike: cubic interpolation undershoots beside it
     out = bicubic_baseline(coarse, 4, ("t2m", "tp"))
     assert out[:, 0].min() < 0 and out[:, 1].min() == 0.0
+
+
+class _PhysicalPairs:
+    """Duck-typed DownscaleDataset whose fields are stored in physical units (to_physical is the identity)."""
+
+    def __init__(self, coarse, fine, statics):
+        self.coarse, self.fine, self.statics = coarse, fine, statics.numpy()
+        self.scale, self.channels, self.lat = 4, CHANNELS, np.linspace(-88.6, 88.6, fine.shape[-2])
+
+    def __len__(self):
+        return len(self.coarse)
+
+    def batch(self, indices):
+        index = list(indices)
+        return SimpleNamespace(coarse=self.coarse[index], fine=self.fine[index])
+
+    def to_physical(self, fields):
+        return fields
+
+
+def test_statics_regression_recovers_a_linear_terrain_correction():
+    """Fine fields = bicubic + a linear map of the statics' fine-scale detail (in log1p space for tp): the
+    baseline fitted on them reproduces them, and its correction is fixed by the training data alone."""
+    torch.manual_seed(0)
+    statics = torch.randn(2, 64, 128, dtype=torch.float64)
+    detail = statics - upsample_bicubic(F.avg_pool2d(statics[None], 4), 4)[0]
+    coarse = (torch.rand(20, 2, 16, 32, dtype=torch.float64) * torch.tensor([30.0, 5.0])[:, None, None]
+              + torch.tensor([0.5, 3.0])[:, None, None])
+    bicubic = bicubic_baseline(coarse, 4, CHANNELS)
+    t2m = bicubic[:, 0] - 2.0 * detail[0] + 0.5
+    tp = torch.expm1(torch.log1p(bicubic[:, 1]) + 0.2 * detail[1] - 0.1 * statics[0])
+    pairs = _PhysicalPairs(coarse, torch.stack([t2m, tp], dim=1), statics)
+    model = StaticsRegression.fit(pairs, batch_size=6)  # batches that do not divide the set
+    torch.testing.assert_close(model.predict(bicubic), pairs.fine)
+    torch.testing.assert_close(model.beta[0], torch.tensor([0.5, 0, 0, -2.0, 0], dtype=torch.float64))
+    assert model.predict(torch.zeros(1, 2, 64, 128, dtype=torch.float64))[:, 1].min() >= 0.0  # tp stays >= 0
 
 
 @pytest.fixture

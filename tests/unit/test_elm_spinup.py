@@ -11,7 +11,7 @@ from orbit.data.elm_dataset import (FEATURE_NAMES, MAP_VARS, ElmArrays, OutputTr
 from orbit.models.elm_emulator import ElmEmulatorConfig, ElmSpinupEmulator
 from orbit.models.registry import create_model
 from orbit.metrics.emulator import r2_score
-from orbit.tasks.elm_spinup import CellSampler, ridge_fit_predict
+from orbit.tasks.elm_spinup import CellSampler, mlp_fit_predict, r2_table, relative_distance, ridge_fit_predict
 from orbit.train.finetune import prepare_model
 
 D, DEPTH, HEADS = 32, 2, 2
@@ -41,6 +41,30 @@ def test_ridge_baseline_recovers_a_linear_map():
     x = rng.standard_normal((200, 4))
     y = x @ np.array([[1.0], [-2.0], [0.5], [0.0]]) + 3.0
     np.testing.assert_allclose(ridge_fit_predict(x, y, x[:5], alpha=1e-10), y[:5], atol=1e-6)
+
+
+def test_mlp_baseline_learns_what_ridge_cannot():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (600, 3))
+    y = np.stack([np.sin(2 * x[:, 0]) + x[:, 1] ** 2, x[:, 2]], axis=1)
+    train, test = slice(0, 500), slice(500, None)
+    mlp = mlp_fit_predict(x[train], y[train], x[test], steps=800, batch_size=64, lr=3e-3, hidden=64)
+    ridge = ridge_fit_predict(x[train], y[train], x[test])
+    assert r2_score(mlp, y[test])[0] > 0.95 > 0.5 > r2_score(ridge, y[test])[0]
+    state = torch.random.get_rng_state()
+    first, again = (mlp_fit_predict(x[train], y[train], x[test], steps=5, batch_size=8, lr=3e-3) for _ in range(2))
+    np.testing.assert_array_equal(first, again)  # seeded ...
+    assert torch.equal(torch.random.get_rng_state(), state)  # ... and the global RNG is left alone
+
+
+def test_relative_distance_and_independent_outputs_counted_once():
+    truth = np.array([[100.0, 0.0, 2.0]])
+    np.testing.assert_allclose(relative_distance(np.array([[90.0, 5.0, 3.0]]), truth), [[0.1, np.nan, 0.5]])
+    r2 = {name: 0.99 for name in lm.OUTPUTS}
+    r2["soil3n"] = 0.5  # soil3c / CN_soil: listed, not counted among the independent outputs
+    rows = {line.split("|")[1].strip(): line for line in r2_table({"a": r2}).splitlines()}
+    assert "0.9900" in rows["**min, independent**"] and "0.5000" in rows["**min, all 39**"]
+    assert "soil3c / CN_soil" in rows["soil3n"] and "independent" in rows["soil3c"]
 
 
 def test_output_transform_round_trips_and_takes_the_root_of_nonnegative_outputs_only():
