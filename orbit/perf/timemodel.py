@@ -14,20 +14,18 @@ Compute per block and microbatch on one rank (times from the device profile, `de
     GELU      T x r/t: 5 e per element
     simple    residual adds fwd + bwd 12 e T D, attention-output copy fwd + bwd 4 e T D/t,
               bias gradients (read dy) e T (2D + (3D + r)/t)
-    dispatch  30 ops forward, 44 backward per block; under t > 1, 24 and 36 of them are DTensor ops
-              (each of the 6 Colwise/Rowwise linears: input from_local, linear as t + addmm, output
-              to_local or all-reduce, ~3 forward and ~5 backward; the two QK-norms' SequenceParallel
-              wrappers 3 each way; counted from `orbit_vit_parallel`'s plan)
+    dispatch  aten ops per block, 100 forward + 145 backward (views, copies and FSDP hooks included);
+              under t > 1, 44 + 64 on DTensors (at the DTensor dispatch cost) and 34 + 49 plain
+              (counted with a TorchDispatchMode on one step of the benchmark's model)
   Front end (first stage, full L on every sp rank) and head (last stage): their analytic FLOPs
   (`orbit.models.flops`) as GEMMs of b L V rows (front) and b L rows (head), forward + 2x backward,
   plus the loss's elementwise bytes.
   Activation checkpointing recomputes every block's forward (GEMMs, attention, elementwise, and
   its tensor-/sequence-parallel collectives) once in backward.
 Optimizer (once per step, on the rank's stored shard P_r): AdamW + clipping move 96 bytes per
-  parameter (84 AdamW as torch's single-tensor path, 12 the clip norm and scale), 10 in-place ops
-  per parameter tensor (8 in `_single_tensor_adamw`: decay mul_, lerp_, mul_ + addcmul_, sqrt, div,
-  add_, addcdiv_; 2 for the clip's norm and scale), through DTensor when FSDP or TP made the
-  parameters DTensors.
+  parameter (84 AdamW as torch's single-tensor path, 12 the clip norm and scale), 8 in-place ops
+  per parameter tensor (counted as the block ops: clipping and `_single_tensor_adamw`), through
+  DTensor when FSDP or TP made the parameters DTensors.
   FSDP copies: each gather copies the unit out (e_p P) and each reduce-scatter copies gradients in
   (4 P): 2 (2 e_p + 4) P bytes per step ("simple").
 
@@ -62,11 +60,13 @@ from orbit.perf.devices import DeviceProfile, System
 from orbit.perf.plan import FP32, Cluster, Layout, traffic_per_axis, unit_elements, _param_shapes
 from orbit.parallel.pipeline import stage_block_ranges
 
-BLOCK_FORWARD_OPS, BLOCK_BACKWARD_OPS = 30, 44
-BLOCK_DTENSOR_FORWARD_OPS, BLOCK_DTENSOR_BACKWARD_OPS = 24, 36
+# aten ops per block (forward, backward), counted with a TorchDispatchMode on the benchmark's d128
+# model (depth 8 minus depth 4, one step): 245 without tp; under tp 108 on DTensors + 83 plain.
+BLOCK_OPS = (100, 145)
+BLOCK_TP_DTENSOR_OPS, BLOCK_TP_PLAIN_OPS = (44, 64), (34, 49)
 FRONT_HEAD_OPS = 80  # forward + backward of the front end, head and loss
 ADAMW_BYTES_PER_PARAM, CLIP_BYTES_PER_PARAM = 84, 12
-OPTIMIZER_OPS_PER_TENSOR = 10
+OPTIMIZER_OPS_PER_TENSOR = 8
 FSDP_LABELS = ("dp_shard", "dp_shard_sp", "sp_fsdp")
 
 
@@ -142,9 +142,12 @@ def block_times(config: OrbitConfig, device: DeviceProfile, micro_batch: float, 
     simple = [3 * e * T * D] * 4 + [2 * e * T * D / t] * 2 + [e * T * (2 * D + (3 * D + r) / t)]
     ew += sum(device.elementwise["simple"].time(x) for x in simple)
     fwd, bwd = fwd + 0.4 * ew, bwd + 0.6 * ew
-    dt = device.dtensor_op_overhead_s if tp > 1 else device.op_overhead_s
-    fwd += (BLOCK_FORWARD_OPS - BLOCK_DTENSOR_FORWARD_OPS) * device.op_overhead_s + BLOCK_DTENSOR_FORWARD_OPS * dt
-    bwd += (BLOCK_BACKWARD_OPS - BLOCK_DTENSOR_BACKWARD_OPS) * device.op_overhead_s + BLOCK_DTENSOR_BACKWARD_OPS * dt
+    if tp > 1:
+        fwd += BLOCK_TP_DTENSOR_OPS[0] * device.dtensor_op_overhead_s + BLOCK_TP_PLAIN_OPS[0] * device.op_overhead_s
+        bwd += BLOCK_TP_DTENSOR_OPS[1] * device.dtensor_op_overhead_s + BLOCK_TP_PLAIN_OPS[1] * device.op_overhead_s
+    else:
+        fwd += BLOCK_OPS[0] * device.op_overhead_s
+        bwd += BLOCK_OPS[1] * device.op_overhead_s
     return fwd, bwd
 
 
