@@ -115,13 +115,26 @@ def cmd_mcmc(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from orbit.train.logging import setup_console_logging
+
     from .compare import compare, markdown
 
+    setup_console_logging()
     summary = compare(args.dbuq, args.emulator, args.out, cases=args.cases, mcmc_cases=args.mcmc_cases,
                       mcmc_steps=args.mcmc_steps, walkers=args.walkers, n_samples=args.num_samples, npe=not args.no_npe,
                       many=args.many, seed=args.seed)
     print(markdown(summary))
     print(f"wrote {args.out}/compare.md, compare.json, corner_case0.png, predictive_case0.png")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .verify import markdown, verify, write
+
+    result = verify(args.run_dir, n_samples=args.num_samples, mcmc_cases=args.mcmc_cases, mcmc_steps=args.mcmc_steps,
+                    seed=args.seed)
+    write(result, args.out or Path(args.run_dir) / "verify")
+    print(markdown(result))
     return 0
 
 
@@ -181,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--no-npe", action="store_true")
     comp.add_argument("--seed", type=int, default=0)
     comp.set_defaults(func=cmd_compare)
+
+    ver = sub.add_parser("verify", help="a dbuq run on linear_gaussian / nonlinear against the analytic posterior "
+                                        "or long MCMC on the exact model; coverage and SBC")
+    ver.add_argument("--run-dir", type=Path, required=True)
+    ver.add_argument("--out", type=Path, default=None, help="default: <run-dir>/verify")
+    ver.add_argument("--num-samples", type=int, default=1000)
+    ver.add_argument("--mcmc-cases", type=int, default=20)
+    ver.add_argument("--mcmc-steps", type=int, default=10000)
+    ver.add_argument("--seed", type=int, default=0)
+    ver.set_defaults(func=cmd_verify)
 
     emu = sub.add_parser("emulate", help="emulator learning curves: PCA-reduced vs direct against training runs")
     emu.add_argument("--config", required=True, help="a land_emulator config")

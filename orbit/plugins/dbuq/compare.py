@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from orbit.metrics import calibration as cal
+from orbit.train.logging import log
 
 from .mcmc import run_chain
 from .npe import NPEPosterior
@@ -83,8 +84,11 @@ def compare(dbuq_run: str | Path, emulator_run: str | Path, out_dir: str | Path,
     summary["many"] = {"observations": many, "samples_each": 200, "seconds": many_seconds,
                        "finite": bool(np.isfinite(many_summary["mean"]).all())}
 
+    log.info("DBUQ: %d observations in %.2f s (%.4f s each); %d observations in one call: %.1f s", len(rows),
+             dbuq_per_obs * len(rows), dbuq_per_obs, many, many_seconds)
     if npe:
         post = NPEPosterior(p, task.train_rows, seed=seed)
+        log.info("NPE trained in %.1f s", post.train_seconds)
         start = time.perf_counter()
         posts["NPE"] = post.sample(y_obs, n_samples, seed)
         costs["NPE"] = {"one_off_s": post.train_seconds, "per_obs_s": (time.perf_counter() - start) / len(rows)}
@@ -94,6 +98,8 @@ def compare(dbuq_run: str | Path, emulator_run: str | Path, out_dir: str | Path,
     for i in range(min(mcmc_cases, len(rows))):
         chains.append(run_chain(surrogate, p.prior, y_obs[i], p.sigma, pool, walkers=walkers, steps=mcmc_steps,
                                 seed=seed + i))
+        log.info("MCMC case %d: %.1f s, acceptance %.2f, autocorrelation %.0f steps", i, chains[-1].seconds,
+                 chains[-1].acceptance, chains[-1].autocorr)
     if chains:
         keep = min(len(c.samples) for c in chains)
         posts["MCMC"] = np.stack([c.samples[-keep:] for c in chains])

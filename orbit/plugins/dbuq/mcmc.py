@@ -60,8 +60,8 @@ def run_chain(model: Callable[[np.ndarray], np.ndarray], prior: Prior, y_obs: np
     if prior.kind == "uniform":
         p0 = np.clip(p0, prior.a + 1e-9 * width, prior.b - 1e-9 * width)
     start = time.perf_counter()
-    sampler = emcee.EnsembleSampler(walkers, start_pool.shape[1], log_prob, vectorize=True,
-                                    seed=int(rng.integers(2**31)))
+    sampler = emcee.EnsembleSampler(walkers, start_pool.shape[1], log_prob, vectorize=True)
+    sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()  # reproducible moves
     sampler.run_mcmc(p0, steps, progress=False)
     seconds = time.perf_counter() - start
     tau = float(np.max(sampler.get_autocorr_time(tol=0)))

@@ -19,8 +19,8 @@ from .problems import Problem
 class NPEPosterior:
     """Fit on the runs `rows` of `problem`; `sample(y_obs (M, K), n)` -> (M, n, D) physical units."""
 
-    def __init__(self, problem: Problem, rows: np.ndarray, *, noise_copies: int = 10, seed: int = 0,
-                 estimator: str = "maf", max_epochs: int = 500):
+    def __init__(self, problem: Problem, rows: np.ndarray, *, noise_copies: int = 5, seed: int = 0,
+                 estimator: str = "maf", max_epochs: int = 200):
         from sbi.inference import NPE
         from sbi.utils import BoxUniform
 

@@ -46,7 +46,7 @@ class Prior:
     def __post_init__(self) -> None:
         self.a, self.b = np.asarray(self.a, np.float64), np.asarray(self.b, np.float64)
         if self.kind == "uniform" and np.any(self.a >= self.b):
-            bad = [(i, lo, hi) for i, (lo, hi) in enumerate(zip(self.a, self.b)) if lo >= hi]
+            bad = [(i, float(lo), float(hi)) for i, (lo, hi) in enumerate(zip(self.a, self.b)) if lo >= hi]
             raise ValueError(f"prior range with low >= high at (index, low, high) {bad}; every low must be < high")
         if self.kind == "gaussian" and np.any(self.b <= 0):
             raise ValueError(f"Gaussian prior std must be > 0, got {self.b.tolist()}")
