@@ -12,10 +12,12 @@ the samples/s a device consumes when training the 115m and 1b presets.
 3. Consumption: a device that trains a preset at `--tflops` achieved TFLOP/s (default: 40 % of an
    MI250X GCD's 191.5 TFLOP/s bf16 peak) needs flops_per_sample_train / achieved samples/s
    (orbit.models.flops). The ratio loader / consumption is reported at the per-rank batch of
-   configs/pretrain/{115m,1b}-frontier.yaml.
+   configs/pretrain/{115m,1b}-frontier.yaml. With --measure-model on a CUDA device, the presets'
+   training step (bf16 autocast, fused AdamW, random data, batch of the Frontier config) is also
+   timed there, giving the samples/s that device really consumes.
 
-Writes <out>.md and <out>.json. Timings: best of --repeats runs of --batches batches after one warm-up
-batch (worker start-up excluded); on a shared machine the load average is recorded with them.
+Writes <out>.md and <out>.json. Timings: best of --repeats steady-state runs (the batches the workers
+prefetched while starting are consumed first, untimed); on a shared machine the load average is recorded.
 
     python benchmarks/loader.py --data /tmp/loader-bench --out benchmarks/results/loader
 """
@@ -40,7 +42,7 @@ from orbit.data import store, writer
 from orbit.data.dataset import ForecastDataset
 from orbit.data.loader import ResumableLoader
 from orbit.models.flops import model_info
-from orbit.models.registry import get_config
+from orbit.models.registry import create_model, get_config
 from orbit.synthetic import toy_earth
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,17 +133,21 @@ def channel_by_channel():
 
 def samples_per_second(dataset: ForecastDataset, batch_size: int, workers: int, pin_memory: bool,
                        batches: int, repeats: int) -> float:
-    """Best of `repeats` timings of `batches` batches, after one warm-up batch (workers started)."""
+    """Best of `repeats` steady-state timings of at least `batches` batches. The DataLoader keeps
+    2 batches per worker in flight, so the first 2 x workers + 1 batches (made while the workers
+    started) are consumed untimed and at least 2 x workers batches are timed."""
     best = 0.0
     for repeat in range(repeats):
         loader = ResumableLoader(dataset, batch_size, seed=repeat, num_workers=workers, pin_memory=pin_memory)
         batches_iter = iter(loader)
-        next(batches_iter)
+        for _ in range(2 * workers + 1):
+            next(batches_iter)
+        timed = max(batches, 2 * workers)
         start = time.perf_counter()
-        for _ in range(batches):
+        for _ in range(timed):
             batch = next(batches_iter)
             assert batch.x.shape[0] == batch_size
-        best = max(best, batches * batch_size / (time.perf_counter() - start))
+        best = max(best, timed * batch_size / (time.perf_counter() - start))
         del batches_iter
     return best
 
@@ -156,6 +162,34 @@ def consumption(tflops: float) -> dict[str, dict[str, float]]:
                        "batch_per_rank": config["data"]["batch_size"],
                        "num_workers_in_config": config["data"]["num_workers"]}
     return out
+
+
+def model_consumption(preset: str, batch_size: int, steps: int = 10) -> dict[str, float]:
+    """Time the training step of `preset` on the CUDA device: samples/s it consumes, achieved TFLOP/s."""
+    config = get_config(preset)
+    model = create_model(preset).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randn(batch_size, len(config.variables), *config.img_size, device="cuda")
+    y, lead = torch.randn_like(x), torch.full((batch_size,), 6.0, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.mse_loss(model(x, None, lead).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    flops = model_info(preset)["flops_per_sample_train"] * batch_size
+    return {"step_s": seconds, "samples_per_s": batch_size / seconds, "tflops": flops / seconds / 1e12,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def run_cases(path: Path, cases: list[dict], batch_size: int, batches: int, repeats: int) -> list[dict]:
@@ -201,7 +235,8 @@ def report(results: list[dict], need: dict, args, command: str) -> str:
         f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}; Python "
         f"{platform.python_version()}, torch {torch.__version__}, xarray {xr.__version__}. "
         f"Load average at the start {args.load_before:.1f} (other jobs share these CPUs: timings are best of "
-        f"{args.repeats} runs of {args.batches} batches of {args.batch_size} after one warm-up batch).", "",
+        f"{args.repeats} runs of at least {args.batches} batches of {args.batch_size}, timed after the batches "
+        f"prefetched while the workers started).", "",
         f"Store: {args.steps} 6-hourly steps of the toy Earth expanded to the presets' 91 channels, "
         f"{args.store_bytes / 2**30:.2f} GiB on disk; one sample (x and y) is 2 x 91 x {args.grid.replace('x', ' x ')} "
         f"x 4 B = {args.sample_mb:.1f} MB.", "",
@@ -212,6 +247,14 @@ def report(results: list[dict], need: dict, args, command: str) -> str:
         lines.append(f"| {r['store']} | {'yes' if r['in_memory'] else 'lazy zarr'} | {r['read']} | {r['workers']} | "
                      f"{'yes' if r['pin_memory'] else 'no'} | {r['samples_per_s']:.1f} | "
                      f"{r['samples_per_s'] * args.sample_mb:.0f} | {r['load_average']:.1f} |")
+    if args.measured:
+        lines += ["", f"Training step measured on this device ({torch.cuda.get_device_name()}; bf16 autocast, fused "
+                  "AdamW, random data, batch of the Frontier config):", "",
+                  "| preset | batch | step | samples/s consumed | achieved TFLOP/s | best loader / consumption |",
+                  "|---|---|---|---|---|---|"]
+        for preset, m in args.measured.items():
+            lines.append(f"| {preset} | {need[preset]['batch_per_rank']} | {m['step_s'] * 1e3:.0f} ms | "
+                         f"{m['samples_per_s']:.1f} | {m['tflops']:.0f} | {best['samples_per_s'] / m['samples_per_s']:.2f}x |")
     lines += ["", f"Consumption at {args.tflops:.1f} achieved TFLOP/s per device ({args.tflops_note}):", "",
               "| preset | training FLOPs / sample | samples/s consumed | per-rank batch (Frontier config) | "
               "best loader / consumption | lazy zarr, workers of the config | ratio |",
@@ -239,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--pin-memory", action="store_true", help="also time pinned memory (needs a GPU)")
+    parser.add_argument("--measure-model", action="store_true",
+                        help="also time the presets' training step on the CUDA device (what it really consumes)")
     parser.add_argument("--tflops", type=float, default=0.4 * MI250X_GCD_BF16_TFLOPS)
     parser.add_argument("--tflops-note", default="40 % of an MI250X GCD's 191.5 TFLOP/s bf16 peak")
     args = parser.parse_args(argv)
@@ -250,12 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     results = run_cases(path, default_cases(args.workers, args.pin_memory), args.batch_size, args.batches,
                         args.repeats)
     need = consumption(args.tflops)
+    args.measured = {preset: model_consumption(preset, need[preset]["batch_per_rank"])
+                     for preset in PRESETS} if args.measure_model else {}
     command = "python benchmarks/loader.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(results, need, args, command)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.md").write_text(text)
-    Path(f"{args.out}.json").write_text(json.dumps({"results": results, "consumption": need,
-                                                    "tflops": args.tflops}, indent=2))
+    Path(f"{args.out}.json").write_text(json.dumps({"results": results, "consumption": need, "tflops": args.tflops,
+                                                    "measured_on_device": args.measured}, indent=2))
     print(text)
     return 0
 
