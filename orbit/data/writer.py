@@ -306,7 +306,7 @@ def dataset_producer(ds: xr.Dataset) -> Producer:
     """Blocks of an in-memory or lazily opened (dask) dataset: along its dask chunks in time, so that
     every input chunk is read once, else :func:`steps_per_block` steps at a time."""
     def produce(start: int, state: dict) -> Iterator[tuple[xr.Dataset, dict]]:
-        if ds.chunks:
+        if any(var.chunks for var in ds.data_vars.values()):  # variables may be chunked differently
             edges = np.cumsum([0, *ds.unify_chunks().chunksizes["time"]]).tolist()
         else:
             edges = [*range(0, ds.sizes["time"], steps_per_block(ds)), ds.sizes["time"]]
