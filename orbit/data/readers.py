@@ -47,7 +47,7 @@ from orbit.data import units
 from orbit.data.store import STATIC_ATTRS, VARIABLE_ATTRS
 
 CHUNK_BYTES = 64 << 20  # dask chunks of a source variable: whole grids, as many time steps as fit
-MAX_TIME_CHUNK = 256  # netCDF3 files arrive one step per chunk; more steps per task are cheaper
+MAX_TIME_CHUNK = 256  # time steps per dask chunk at most: fewer, larger tasks are cheaper
 
 CMIP6_NAMES = {"tas": "t2m", "uas": "u10", "vas": "v10", "pr": "tp", "zg": "z", "ta": "t", "ua": "u",
                "va": "v", "hus": "q"}
@@ -237,9 +237,15 @@ def _in_window(da: xr.DataArray, window: TimeWindow | None, what: str) -> xr.Dat
     return selected
 
 
-def _time_chunk(da: xr.DataArray) -> int:
-    step_bytes = max(1, da.size // max(1, da.sizes["time"])) * 4
-    return int(np.clip(CHUNK_BYTES // step_bytes, 1, MAX_TIME_CHUNK))
+def _chunked(datasets: list[xr.Dataset]) -> list[xr.Dataset]:
+    """Lazily opened (not yet dask) datasets of one source as dask arrays with ONE time chunking: as many
+    steps as the largest variable fits in CHUNK_BYTES. Each chunk then reads only its own steps from
+    the file, and a block of the merged fields (chunk edges shared by all variables) reads every input
+    chunk once."""
+    step_bytes = [var.size // var.sizes["time"] * max(var.dtype.itemsize, 4)
+                  for ds in datasets for var in ds.data_vars.values() if var.sizes.get("time")]
+    steps = int(np.clip(CHUNK_BYTES // max(step_bytes, default=1), 1, MAX_TIME_CHUNK))
+    return [ds.chunk({"time": steps}) if "time" in ds.dims else ds for ds in datasets]
 
 
 def _as_field(da: xr.DataArray, name: str, what: str, window: TimeWindow | None = None) -> xr.DataArray:
@@ -259,7 +265,7 @@ def _as_field(da: xr.DataArray, name: str, what: str, window: TimeWindow | None 
         da = da.clip(min=0.0)
     if expects_level:
         da = fill_below_ground(da)
-    return _named(da.chunk({"time": _time_chunk(da)}), name, VARIABLE_ATTRS[name])
+    return _named(da, name, VARIABLE_ATTRS[name])
 
 
 def _as_static(da: xr.DataArray, name: str, what: str) -> xr.DataArray:
@@ -325,7 +331,7 @@ def open_cmip6(paths: list[Path], *, rename: Mapping[str, str] | None = None,
     known = sorted({**CMIP6_NAMES, **CMIP6_STATIC_NAMES})
     found: set[str] = set()
     for path in paths:
-        ds = xr.open_dataset(path, decode_times=_TIME_CODER, chunks={})
+        ds = xr.open_dataset(path, decode_times=_TIME_CODER)  # lazy; chunked below, before any arithmetic
         found |= set(map(str, ds.data_vars))
         var_name = _main_variable(ds, path, rename)
         var = ds[var_name]
@@ -338,6 +344,8 @@ def open_cmip6(paths: list[Path], *, rename: Mapping[str, str] | None = None,
                              f"with a variable map (CLI: --rename {var_name}=t2m)")
         groups.setdefault(name, []).append((path, ds[[var_name]].rename({var_name: name})))
     _check_renamed(rename, found)
+    chunked = iter(_chunked([ds for group in groups.values() for _, ds in group]))
+    groups = {name: [(path, next(chunked)) for path, _ in group] for name, group in groups.items()}
     fields, statics = {}, {}
     for name, group in groups.items():
         what = f"variable '{name}' (from {group[0][0].name}{' ...' if len(group) > 1 else ''})"
@@ -377,8 +385,12 @@ def open_era5(path: str | os.PathLike, *, rename: Mapping[str, str] | None = Non
     rename: the user's variable map (source name -> ORBIT name); time: ``(START, END)`` window.
     """
     rename = check_rename(rename)
-    ds = xr.open_zarr(path, consolidated=None)
+    ds = xr.open_zarr(path, consolidated=None, chunks=None)  # lazy; chunked below, before any arithmetic
     _check_renamed(rename, set(map(str, ds.data_vars)))
+    known = [n for n, v in ds.data_vars.items() if "time" in v.dims
+             and (n in rename or n in ERA5_NAMES or v.attrs.get("standard_name") in STANDARD_NAMES)]
+    ds = ds.drop_vars([n for n, v in ds.data_vars.items() if "time" in v.dims and n not in known])
+    ds = _chunked([ds])[0]
     fields, statics = {}, {}
     static_names = {**ERA5_STATIC_NAMES, **{k: v for k, v in rename.items() if v in STATIC_ATTRS}}
     for var_name, var in ds.data_vars.items():
