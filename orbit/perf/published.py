@@ -132,9 +132,9 @@ def compare(paper: Published, model: str, system: System, *, top: int = 1) -> Co
 
 def published_table(rows: list[Comparison]) -> list[str]:
     """Markdown: published beside predicted, per paper and model."""
-    lines = ["| paper | model | nodes (GCDs) | published PFLOP/s | predicted PFLOP/s (ORBIT-style layout) | MFU | "
+    lines = ["| paper | model | nodes (GCDs) | published PFLOP/s | predicted PFLOP/s (ORBIT-style layout) | in range | MFU | "
              "step s | published efficiency | predicted weak-scaling efficiency (base nodes) | planner's layout | "
-             "its PFLOP/s | its MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "its PFLOP/s | its MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r.paper
         pub = f"{p.pflops[0]:,.0f}" if p.pflops[0] == p.pflops[1] else f"{p.pflops[0]:,.0f}–{p.pflops[1]:,.0f}"
@@ -142,6 +142,7 @@ def published_table(rows: list[Comparison]) -> list[str]:
         layout = "-" if best is None else _short(best.layout)
         lines.append(
             f"| {p.name} | {r.model} | {r.nodes:,} ({r.nodes * 8:,}) | {pub} | {r.pflops:,.0f} ({_short(r.orbit.layout)}) | "
+            f"{'yes' if r.within() else '**no**'} | "
             f"{r.orbit.step.mfu:.1%} | {r.orbit.step.step_s:.2f} | {p.efficiency[0]:.0%}–{p.efficiency[1]:.0%} | "
             f"{r.weak_efficiency:.0%} ({r.base_nodes}) | {layout} | "
             f"{'-' if best is None else f'{best.step.pflops:,.0f}'} | {'-' if best is None else f'{best.step.mfu:.1%}'} |")
