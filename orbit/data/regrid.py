@@ -21,7 +21,11 @@ Methods (:func:`regrid`):
   longitude part (overlapping degrees, modulo 360), so the remap is two small weight matrices
   applied with ``xarray.dot``. This is exact for any ratio of resolutions (no need for factors that
   divide, as with ``coarsen``) and preserves area means; xESMF would do the same but needs ESMF,
-  which pip cannot install. Source cell edges are the midpoints between centres.
+  which pip cannot install. Source cell edges are the midpoints between centres. Cross-checked
+  against xarray-regrid on real files (``benchmarks/regrid_crosscheck.py``): bilinear agrees to float32
+  rounding; conservative agrees for integer ratios and differs by ~1e-3 of the field's std otherwise,
+  where xarray-regrid's latitude weighting moves the area mean (3e-4 K) and ours keeps it (1e-7 K),
+  so ORBIT keeps its own, one path, with no extra dependency.
 - ``auto`` (default): conservative when the target is at least as coarse as the source in both
   directions (the right choice for coarsening), bilinear otherwise.
 
