@@ -1,5 +1,6 @@
-"""One-device training step of ORBIT: achieved TFLOP/s, MFU, peak memory, and the kernel rates the
-time model's GPU profile assumes (large GEMM, flash attention, HBM copy).
+"""One-device training step of ORBIT: achieved TFLOP/s, MFU, peak memory, and the kernel rates and
+dispatch costs the time model's GPU profile assumes (large GEMM, flash attention, HBM copy; seconds
+per in-place op on a plain tensor and on a DTensor; the AdamW step alone).
 
 Cases, 2,048 tokens per sample (the presets' 128 x 256 grid, patch 4): the `115m` preset whole, and
 slices of `1b` and `10b` (2 of their blocks, their width and heads, the 91-variable front end and
@@ -67,6 +68,32 @@ def kernel_rates(device: torch.device, dtype: torch.dtype, tiny: bool) -> dict:
             "gemm_n": n, "attention_shape": [B, h, L, d]}
 
 
+def dispatch_costs(device: torch.device, ops: int = 200) -> dict:
+    """Seconds per in-place op (the optimizer's kind: no autograd) on a plain tensor and on a
+    replicated DTensor of a 1-rank mesh (what FSDP2 / TP make the parameters)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    def per_op(x: torch.Tensor) -> float:
+        def chain():
+            for _ in range(ops):
+                x.mul_(1.0)
+        return min(timed(chain, device, 5, 2)) / ops
+
+    out = {"inplace_op_s": per_op(torch.ones(4, device=device))}
+    if dist.is_initialized():  # someone else's group: leave it alone
+        return out
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="tcp://127.0.0.1:29517",
+                            rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh(device.type, (1,))
+        out["dtensor_inplace_op_s"] = per_op(distribute_tensor(torch.ones(4, device=device), mesh, [Replicate()]))
+    finally:
+        dist.destroy_process_group()
+    return out
+
+
 def cases(tiny: bool) -> list[tuple[str, dict, int]]:
     """(name, preset overrides, batch)."""
     if tiny:
@@ -107,11 +134,17 @@ def measure_step(name: str, preset: dict, batch: int, *, compile_: bool, ac: boo
     first = time.perf_counter() - start
     times = timed(step, device, steps, 2)
     seconds = statistics.median(times)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out = run(x, None, lead, None)
+    (out.float() - target).pow(2).mean().backward()
+    optimizer_s = statistics.median(timed(optimizer.step, device, steps, 1))
+    optimizer.zero_grad(set_to_none=True)
     flops = model_info(config)["flops_per_sample_train"] * batch
     peak = next((v for k, v in PEAK_BF16.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
     return {"case": name, "preset": preset["name"], "depth": config.depth, "width": config.embed_dim,
             "heads": config.num_heads, "tokens": config.num_tokens, "batch": batch, "compile": compile_,
-            "activation_checkpointing": ac, "step_s": seconds, "first_step_s": first,
+            "activation_checkpointing": ac, "step_s": seconds, "first_step_s": first, "optimizer_s": optimizer_s,
+            "param_tensors": len(list(model.parameters())),
             "tflops": flops / seconds / 1e12, "mfu": flops / seconds / peak if peak else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 
@@ -123,14 +156,15 @@ def markdown(result: dict) -> str:
              f"- kernels: {k['gemm_n']}^3 GEMM {k['gemm_flops'] / 1e12:.1f} TFLOP/s; SDPA {k['attention_shape']} "
              f"forward {k['attention_forward_flops'] / 1e12:.1f}, forward+backward "
              f"{k['attention_forward_backward_flops'] / 1e12:.1f} TFLOP/s; copy {k['copy_bytes_per_s'] / 1e12:.2f} TB/s",
-             "", "| case | batch | compile | AC | step s | TFLOP/s | MFU | peak GiB | first step s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "- dispatch: " + ", ".join(f"{name} {1e6 * value:.1f} us" for name, value in result["dispatch"].items()),
+             "", "| case | batch | compile | AC | step s | TFLOP/s | MFU | peak GiB | first step s | AdamW step s "
+             "(param tensors) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["steps"]:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
         lines.append(f"| {r['case']} | {r['batch']} | {'on' if r['compile'] else 'off'} | "
                      f"{'on' if r['activation_checkpointing'] else 'off'} | {r['step_s']:.4f} | {r['tflops']:.1f} | "
-                     f"{mfu} | {mem} | {r['first_step_s']:.1f} |")
+                     f"{mfu} | {mem} | {r['first_step_s']:.1f} | {r['optimizer_s']:.4f} ({r['param_tensors']}) |")
     lines += [f"- failed: {e}" for e in result["errors"]]
     return "\n".join(lines) + "\n"
 
@@ -153,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
               "torch": torch.__version__, "precision": "bf16" if cuda else "fp32",
               "command": " ".join(["python benchmarks/gpu_step.py", *(argv if argv is not None else sys.argv[1:])]),
-              "kernels": kernel_rates(device, dtype, args.tiny), "steps": [], "errors": []}
+              "kernels": kernel_rates(device, dtype, args.tiny), "dispatch": dispatch_costs(device),
+              "steps": [], "errors": []}
     variants = [(False, False), (False, True)] + ([] if args.no_compile or args.tiny else [(True, False)])
     for name, preset, batch in cases(args.tiny):
         for compile_, ac in variants:

@@ -24,6 +24,8 @@ def test_tiny_step_writes_results(gpu_step, tmp_path, capsys):
     assert [(r["compile"], r["activation_checkpointing"]) for r in data["steps"]] == [(False, False), (False, True)]
     assert all(r["step_s"] > 0 and r["tflops"] > 0 and r["tokens"] == 128 for r in data["steps"])
     assert data["kernels"]["gemm_flops"] > 0
+    assert data["dispatch"]["inplace_op_s"] > 0 and data["dispatch"]["dtensor_inplace_op_s"] > 0
+    assert all(r["optimizer_s"] > 0 and r["param_tensors"] > 10 for r in data["steps"])
     assert "| tiny | 2 | off | on |" in (tmp_path / "step.md").read_text()
 
 
