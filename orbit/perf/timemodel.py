@@ -224,7 +224,7 @@ def calls_per_step(config: OrbitConfig, layout: Layout, label: str) -> dict[str,
     return {}
 
 
-def _split_bytes(label: str, sent: float, calls: dict[str, float], param_bytes: int, M: int) -> dict[str, float]:
+def _split_bytes(sent: float, calls: dict[str, float], param_bytes: int) -> dict[str, float]:
     """Bytes sent per op of an axis: FSDP gathers e_p P per gather and reduce-scatters 4 P."""
     if set(calls) == {"all_gather", "reduce_scatter"}:
         gather = calls["all_gather"] * param_bytes
@@ -251,7 +251,7 @@ def axis_times(config: OrbitConfig, layout: Layout, system: System, nodes: int, 
         if not calls or not traffic.bytes_per_step:
             continue
         n, span = traffic.size, traffic.nodes_per_group[1]
-        sent = _split_bytes(traffic.label, traffic.bytes_per_step, calls, param_bytes, layout.pp_microbatches)
+        sent = _split_bytes(traffic.bytes_per_step, calls, param_bytes)
         out[traffic.label] = {}
         for op, count in calls.items():
             count = max(count, 1.0)
