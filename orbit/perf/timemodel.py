@@ -26,8 +26,9 @@ Optimizer (once per step, on the rank's stored shard P_r): AdamW + clipping move
   parameter (84 AdamW as torch's single-tensor path, 12 the clip norm and scale), 8 in-place ops
   per parameter tensor (counted as the block ops: clipping and `_single_tensor_adamw`), through
   DTensor when FSDP or TP made the parameters DTensors.
-  FSDP copies: each gather copies the unit out (e_p P) and each reduce-scatter copies gradients in
-  (4 P): 2 (2 e_p + 4) P bytes per step ("simple").
+  FSDP copies (in C, with FSDP): the two gathers of each unit copy it in and out (2 x 2 e_p P) and
+  the reduce-scatter copies the fp32 gradients in and the shard out (2 x 4 P): 2 (2 e_p + 4) P bytes
+  per step ("simple"), P = the rank's unsharded tp-local parameters, e_p their gathered bytes.
 
 Communication per axis: bytes per step from `plan.traffic_per_axis` (the comm model, with its
 FSDP-under-pipeline bound), split into calls (latency) by the counts in `calls_per_step`, each call
@@ -190,8 +191,17 @@ def _rank_params(config: OrbitConfig, layout: Layout) -> tuple[float, int]:
     return best
 
 
+def fsdp_copy_time(config: OrbitConfig, layout: Layout, device: DeviceProfile, param_bytes: int) -> float:
+    """FSDP's copy-in/copy-out around its gathers and reduce-scatters (module docstring); 0 without FSDP."""
+    if layout.engine != "fsdp" or layout.dp_shard * layout.sp == 1:
+        return 0.0
+    units = unit_elements(config, layout.tp, 1)
+    full = (config.depth * units["block"][0] + units["front"][0] + units["head"][0]) / layout.pp
+    return device.elementwise["simple"].time(2 * (2 * param_bytes + FP32) * full)
+
+
 def optimizer_time(config: OrbitConfig, layout: Layout, device: DeviceProfile) -> float:
-    """AdamW + clipping on the rank's shard, plus FSDP's copy-in/copy-out (module docstring)."""
+    """AdamW + clipping on the rank's shard (module docstring)."""
     params, tensors = _rank_params(config, layout)
     dtensor = layout.tp > 1 or (layout.engine == "fsdp" and layout.dp_replicate * layout.dp_shard * layout.sp > 1)
     per_op = device.dtensor_inplace_op_s if dtensor else device.inplace_op_s
@@ -279,7 +289,7 @@ def predict(config: OrbitConfig, layout: Layout, system: System, nodes: int, *, 
     fwd, bwd = block_times(config, device, micro, tp=layout.tp, sp=layout.sp, elem_bytes=e)
     front, head = front_head_times(config, device, micro, tp=layout.tp, elem_bytes=e)
     ends = front + head if layout.pp == 1 else max(front, head)
-    compute = M * (blocks * (fwd + bwd) + ends)
+    compute = M * (blocks * (fwd + bwd) + ends) + fsdp_copy_time(config, layout, device, e)
     recompute = M * blocks * fwd if layout.activation_checkpointing else 0.0
     optimizer = optimizer_time(config, layout, device)
 

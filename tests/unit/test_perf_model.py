@@ -11,7 +11,8 @@ from orbit.perf.calibrate import fit_affine, sent_per_rank
 from orbit.perf.collectives import collective_time
 from orbit.perf.devices import Link, Rate, System, cpu_system, frontier, get_system, mi250x_gcd
 from orbit.perf.plan import Layout
-from orbit.perf.timemodel import bubble_fraction, calls_per_step, predict
+from orbit.perf.plan import num_params
+from orbit.perf.timemodel import bubble_fraction, calls_per_step, fsdp_copy_time, predict
 from orbit.perf.validate import compare, predict_case
 
 
@@ -131,6 +132,16 @@ def test_calls_per_step():
     assert calls_per_step(config, layout, "dp_shard") == {"all_gather": 18, "reduce_scatter": 9}
     assert calls_per_step(config, layout, "dp_replicate") == {"all_reduce": 9}
     assert calls_per_step(config, layout, "tp") == {"all_reduce": 8 * 6 + 4 * 8 + 2}
+
+
+def test_fsdp_copies_by_hand():
+    """Two gathers (copy in and out, 2 bytes each under bf16) and a reduce-scatter (fp32 in and out)
+    of every parameter: 2 (2 x 2 + 4) = 16 bytes per parameter; nothing without FSDP."""
+    config, device = get_config("115m"), mi250x_gcd()
+    layout = Layout(pp=1, dp_replicate=1, dp_shard=8, sp=1, tp=1)
+    simple = device.elementwise["simple"]
+    assert fsdp_copy_time(config, layout, device, 2) == pytest.approx(simple.c0_s + 16 * num_params(config) / simple.rate)
+    assert fsdp_copy_time(config, dataclasses.replace(layout, dp_shard=1, dp_replicate=8), device, 2) == 0.0
 
 
 @pytest.fixture(scope="module")
