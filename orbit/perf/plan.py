@@ -611,7 +611,8 @@ def format_plan(plan: Plan) -> str:
         if plan.step_seconds is not None:
             lines.append(f"estimated step {plan.step_seconds:.3f} s at peak {cl.peak_flops / 1e12:g} TFLOP/s, "
                          f"{cl.intra_node_bytes_per_s / 1e9:g} GB/s intra-node, {cl.inter_node_bytes_per_s / 1e9:g} "
-                         f"GB/s inter-node per GPU, no overlap -> cost {plan.cost:.3f} GPU-s per sample")
+                         f"GB/s inter-node per GPU, no overlap -> cost {plan.cost:.3f} GPU-s per sample "
+                         f"(a rough bound; --search gives the time model's step, MFU and faster layouts)")
     lines.append("")
     if plan.problems:
         lines += ["WARNING: invalid layout:", *(f"  - {p}" for p in plan.problems)]
