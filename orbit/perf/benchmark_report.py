@@ -207,6 +207,11 @@ def render_markdown(sweeps: dict[str, list[Result]], *, command: str, peak_note:
     return "\n".join(lines)
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # a sweep of one world size draws no lines to label
+        ax.legend(fontsize=8)
+
+
 def plot(sweeps: dict[str, list[Result]], path: Path) -> None:
     import matplotlib
 
@@ -223,14 +228,14 @@ def plot(sweeps: dict[str, list[Result]], path: Path) -> None:
                 ax.plot([r.case.world_size for r in rows], [r.samples_per_s for r in rows], "o-", label=f"{size} {kind}=N")
     ax.set(title="strong scaling, global batch 8 (>2 ranks oversubscribe 2 cores)", xlabel="ranks N",
            ylabel="samples/s", xscale="log", xticks=[1, 2, 4, 8])
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax = axes[0, 1]
     for size in sorted({r.case.size for r in sweeps["weak"]}):
         rows = [r for r in sweeps["weak"] if r.case.size == size]
         ax.plot([r.case.world_size for r in rows], [r.step_s for r in rows], "o-", label=f"{size} dp_shard=N")
     ax.set(title="weak scaling, 2 samples per rank", xlabel="ranks N", ylabel="step time s", xscale="log",
            xticks=[1, 2, 4, 8])
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax = axes[1, 0]
     points = [(r.analytic_mb[a], r.counted_mb.get(a, 0.0), a) for r in sweeps["layouts"]
               for a in r.analytic_mb if r.analytic_mb[a]]
@@ -242,7 +247,7 @@ def plot(sweeps: dict[str, list[Result]], path: Path) -> None:
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="counted = analytic")
     ax.set(title="bytes sent per rank per step, by axis", xlabel="analytic MB", ylabel="counted MB",
            xscale="log", yscale="log")
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax = axes[1, 1]
     for kind in ("dp_shard", "tp"):
         for size in sorted({r.case.size for r in sweeps["strong"]}):
@@ -256,7 +261,7 @@ def plot(sweeps: dict[str, list[Result]], path: Path) -> None:
     ax.plot(ns, [1 / n for n in ns], "k--", lw=0.8, label="ideal 1/N")
     ax.set(title="params + grads + AdamW state per rank / 1 rank", xlabel="ranks N", ylabel="fraction",
            xscale="log", yscale="log", xticks=ns, yticks=[1 / n for n in ns])
-    ax.legend(fontsize=8)
+    _legend(ax)
     for a in axes.flat:
         for axis in (a.xaxis, a.yaxis):
             axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
