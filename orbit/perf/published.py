@@ -3,14 +3,16 @@ and the time model's predictions beside them. The model's constants come from de
 micro-measurements (`devices`), never from these figures.
 
 What the papers state (abstracts; sources below) and what is assumed here:
-- ORBIT (Wang et al., SC24, arXiv:2404.14712): 115M to 113B parameters, 91 CMIP6 variables on the
-  1.40625-degree grid, bf16, Hybrid-STOP (tensor parallel inside a node orthogonal to FSDP) with a
-  data-parallel layer on top, activation checkpointing, FSDP prefetch; 684 PFLOP/s to 1.6 EFLOP/s
-  sustained and 41% to 85% scaling efficiency on 49,152 MI250X GCDs (6,144 Frontier nodes).
-  ASSUMED here: the widths/depths of our presets (sized to the nominal counts, patch 4: 2,048
-  tokens); the layout per model (`orbit_layout`); 2 samples per data rank; that the abstract's
-  throughput range spans the models (which model gives which end is not stated there, so each
-  prediction is compared with the range); efficiency as weak scaling from one node.
+- ORBIT (Wang et al., SC24, arXiv:2404.14712): the abstract states 115M to 113B parameters,
+  hybrid tensor-data orthogonal parallelism (Hybrid-STOP: tensor parallel orthogonal to FSDP),
+  684 PFLOP/s to 1.6 EFLOP/s sustained and 41% to 85% scaling efficiency on 49,152 MI250X GCDs
+  (6,144 Frontier nodes); a secondary summary (lelepado01.github.io/FoundationModel4ClimateNotes)
+  adds 91 variables from CMIP6, bf16, a data-parallel layer on top of Hybrid-STOP, activation
+  checkpointing and FSDP prefetch. ASSUMED here: the widths/depths of our presets (sized to the
+  nominal counts; the 128 x 256 grid, patch 4: 2,048 tokens); the layout per model
+  (`orbit_layout`); 2 samples per data rank; that the throughput range spans the models (which
+  model gives which end is not stated in the abstract, so each prediction is compared with the
+  range); efficiency as weak scaling from one node.
 - ORBIT-2 (Wang et al., SC25, arXiv:2505.04802 v2): 10B parameters, Reslim ViT with TILES
   (tile-wise sequence scaling), up to 4.1 EFLOP/s sustained in bf16 and 74% to 98% strong-scaling
   efficiency on 65,536 MI250X GCDs (8,192 nodes). ASSUMED: our `10b` ViT with 2,048 tokens stands
