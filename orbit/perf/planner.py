@@ -117,13 +117,14 @@ def evaluate_layout(config: OrbitConfig, layout: Layout, system: System, nodes: 
 
 def format_ranked(title: str, ranked: list[Ranked]) -> str:
     """Table of ranked layouts with their predicted step, MFU and memory, and the overrides to paste."""
-    lines = [title, f"  {'#':>2} {'step s':>8} {'samples/s':>10} {'TFLOP/s/dev':>11} {'MFU':>6} {'GiB/rank':>8}  layout"]
+    lines = [title, f"  {'#':>2} {'step s':>8} {'samples/s':>10} {'TFLOP/s/dev':>11} {'MFU':>6} {'PFLOP/s':>9} "
+                    f"{'GiB/rank':>8}  layout"]
     for i, r in enumerate(ranked, 1):
         layout = r.layout
         degrees = " ".join(f"{a}={getattr(layout, a)}" for a in AXES)
         pipe = f" M={layout.pp_microbatches} {layout.pp_schedule}" if layout.pp > 1 else ""
         lines.append(f"  {i:>2} {r.step.step_s:8.3f} {r.step.samples_per_s:10.1f} {r.step.tflops_per_device:11.1f} "
-                     f"{r.step.mfu:6.1%} {r.plan.memory.total / GIB:8.1f}  {degrees}{pipe} "
+                     f"{r.step.mfu:6.1%} {r.step.pflops:9.2f} {r.plan.memory.total / GIB:8.1f}  {degrees}{pipe} "
                      f"AC {'on' if layout.activation_checkpointing else 'off'}")
         lines.append(f"     {overrides(r)}")
         terms = ", ".join(f"{k} {v:.3f}" for k, v in r.step.breakdown().items() if v > 0)
