@@ -130,3 +130,31 @@ def test_lazy_input_is_written_along_its_dask_chunks(tmp_path):
     assert calls == [60, 40, 20, 60, 20, 40, 60, 1]
     with pytest.raises(ValueError, match="cannot resume at time step 7"):
         next(produce(7, {}))
+
+
+def test_toy_earth_synthesis_resumes_from_its_saved_state(tmp_path, monkeypatch):
+    """A kill mid-way through `synthesize`: the rerun continues from the saved model state, bitwise."""
+    from orbit.synthetic import toy_earth
+
+    monkeypatch.setattr(writer, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(writer, "BLOCK_BYTES", 14 * 16 * 32 * 4 * 400)  # blocks of 400 steps
+    step, calls = toy_earth.ToyEarth.step, []
+
+    def killed_at_1000(self, state, time):
+        calls.append(time)
+        if len(calls) == toy_earth.SPINUP_STEPS - 1 + 1000:
+            raise KeyboardInterrupt
+        return step(self, state, time)
+
+    monkeypatch.setattr(toy_earth.ToyEarth, "step", killed_at_1000)
+    with pytest.raises(KeyboardInterrupt):
+        toy_earth.synthesize(tmp_path, ["cmip_a"], years=(2000, 2000), grid=(16, 32))
+    monkeypatch.setattr(toy_earth.ToyEarth, "step", step)
+    calls.clear()
+    monkeypatch.setattr(toy_earth.ToyEarth, "step", lambda self, s, t: calls.append(t) or step(self, s, t))
+    toy_earth.synthesize(tmp_path, ["cmip_a"], years=(2000, 2000), grid=(16, 32))
+    assert calls[0] == np.datetime64("2000-07-19T00")  # step 800: after the last saved block, no spin-up
+    expected, _ = toy_earth.generate("cmip_a", (2000, 2000), (16, 32))
+    out = store.open_store(tmp_path / "cmip_a.zarr")
+    for name in expected.data_vars:
+        np.testing.assert_array_equal(out[name].values, expected[name].values)
