@@ -21,8 +21,8 @@ def pretrained_ckpt(toy_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pretrained") / "run"
     assert main(["pretrain", "--config", str(Path(__file__).resolve().parents[2] / "configs/pretrain/tiny.yaml"), "--run-dir", str(run_dir),
                  f"data.root={toy_root}", "data.sources=[cmip_a,cmip_b]", "data.train_years=[1990,1990]",
-                 "eval.years=[1991,1991]", "data.leads_hours=[6,24]", "eval.leads_hours=[6]", "eval.max_samples=4",
-                 "eval.stride=16", "data.batch_size=2", "train.max_steps=2", "train.warmup_steps=1",
+                 "eval.years=[1991,1991]", "eval.validation_years=null", "data.leads_hours=[6,24]", "eval.leads_hours=[6]", "eval.max_samples=4",
+                 "data.batch_size=2", "train.max_steps=2", "train.warmup_steps=1",
                  "train.log_every=1", "train.ckpt_every=2"]) == 0
     return run_dir / "checkpoints" / "step_00000002"
 

@@ -16,8 +16,8 @@ CONFIG = "configs/pretrain/tiny.yaml"
 
 def _tiny_run(toy_root, run_dir, *extra):
     return ["pretrain", "--config", CONFIG, "--run-dir", str(run_dir), f"data.root={toy_root}",
-            "data.sources=[cmip_a,cmip_b]", "data.train_years=[1990,1990]", "eval.years=[1991,1991]",
-            "data.leads_hours=[6,24]", "eval.leads_hours=[6,24]", "eval.max_samples=8", "eval.stride=16",
+            "data.sources=[cmip_a,cmip_b]", "data.train_years=[1990,1990]", "eval.years=[1991,1991]", "eval.validation_years=null",
+            "data.leads_hours=[6,24]", "eval.leads_hours=[6,24]", "eval.max_samples=8",
             "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=4",
             "data.batch_size=4", "train.warmup_steps=2", "train.log_every=2", "train.ckpt_every=3", *extra]
 

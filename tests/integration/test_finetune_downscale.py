@@ -13,7 +13,7 @@ def test_finetune_and_evaluate_downscaling(downscale_pairs, pretrained_ckpt, tmp
     run_dir = tmp_path / "run"
     overrides = [f"options.store={downscale_pairs}", "data.train_years=[1990,1990]", "eval.years=[1991,1991]",
                  "data.batch_size=2", "train.max_steps=2", "train.warmup_steps=1", "train.log_every=1",
-                 "train.ckpt_every=2", "eval.stride=30", "eval.max_samples=4", "eval.batch_size=2"]
+                 "train.ckpt_every=2", "eval.max_samples=4", "eval.batch_size=2"]
     assert main(["finetune", "--config", CONFIG, "--init", str(pretrained_ckpt), "--run-dir", str(run_dir),
                  *overrides]) == 0
     table = (run_dir / "downscale_scores.md").read_text()

@@ -22,9 +22,9 @@ def reanalysis_root(tmp_path_factory):
 
 
 def small_run(root) -> list[str]:
-    return [f"data.root={root}", "data.train_years=[1990,1990]", "eval.years=[1991,1991]",
+    return [f"data.root={root}", "data.train_years=[1990,1990]", "eval.years=[1991,1991]", "eval.validation_years=null",
             "data.leads_hours=[6,24]", "eval.leads_hours=[6,12,24]", "options.map_lead_hours=24",
-            "eval.stride=100", "eval.max_samples=3", "eval.batch_size=4", "data.batch_size=2",
+            "eval.max_samples=3", "eval.batch_size=4", "data.batch_size=2",
             "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.ckpt_every=3"]
 
 

@@ -12,8 +12,8 @@ LOSS_RTOL = 1e-5
 
 def _args(store, ckpt, run_dir, *extra):
     return ["finetune", "--config", CONFIG, "--init", str(ckpt), "--run-dir", str(run_dir), f"options.store={store}",
-            "data.train_years=[1990,1990]", "eval.years=[1991,1991]", "train.max_steps=3", "train.warmup_steps=1",
-            "train.log_every=1", "train.ckpt_every=3", "eval.stride=60", "eval.max_samples=2", "eval.batch_size=2",
+            "data.train_years=[1990,1990]", "eval.years=[1991,1991]", "eval.validation_years=null", "train.max_steps=3", "train.warmup_steps=1",
+            "train.log_every=1", "train.ckpt_every=3", "eval.max_samples=2", "eval.batch_size=2",
             *extra]
 
 

@@ -3,6 +3,7 @@ pretrained model with replaced and frozen parts, and the predictions dataset."""
 import dataclasses
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,13 +25,14 @@ SMALL_MODEL = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
 @pytest.fixture(scope="module")
 def reanalysis_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("reanalysis")
-    synthesize(root, sources=["reanalysis"], years=(1990, 1991), grid=(16, 32), train_years=(1990, 1990))
+    synthesize(root, sources=["reanalysis"], years=(1990, 1992), grid=(16, 32), train_years=(1990, 1990))
     return root
 
 
 def make_task(root, *overrides) -> ForecastTask:
-    cfg = load_config(CONFIG, [f"data.root={root}", "data.train_years=[1990,1990]", "eval.years=[1991,1991]",
-                               "data.leads_hours=[6,12,24]", "eval.leads_hours=[6,12,24]", "eval.stride=50",
+    cfg = load_config(CONFIG, [f"data.root={root}", "data.train_years=[1990,1990]",
+                               "eval.validation_years=[1991,1991]", "eval.years=[1992,1992]",
+                               "data.leads_hours=[6,12,24]", "eval.leads_hours=[6,12,24]", 
                                "eval.max_samples=6", "eval.batch_size=4", "options.map_lead_hours=24",
                                *SMALL_MODEL, *overrides])
     return build_task(cfg)
@@ -52,7 +54,7 @@ class Forward:
 def test_perfect_forecast_scores_rmse_zero_acc_one_and_persistence_equals_its_baseline(reanalysis_root):
     task = make_task(reanalysis_root)
     leads = [6, 12, 24]
-    batches = list(evaluation_batches(task.eval_set, leads, 4, 50, 6))
+    batches = list(evaluation_batches(task.eval_set, leads, 4, 6))
     perfect = score_forecasts(((b, b.y) for b in batches), task.eval_set, leads)["skill"]
     persistent = score_forecasts(((b, b.x) for b in batches), task.eval_set, leads)["skill"]
     for channel in ("z500", "t850", "t2m"):
@@ -199,6 +201,21 @@ def test_invalid_options_are_clear_errors(reanalysis_root, override, message):
         make_task(reanalysis_root, override)
 
 
+def test_validation_and_test_years_are_scored_apart_and_must_not_overlap(reanalysis_root):
+    task = make_task(reanalysis_root, "eval.leads_hours=[6,12]", "eval.max_samples=2")
+    task.model = task.build_model().eval()
+    with torch.no_grad():
+        results = task.evaluate(SimpleNamespace(forward=lambda inputs: task.model(*inputs)), step=0)
+    test, validation = results["skill"], results["validation_skill"]
+    assert set(test) == set(validation) == set(task.options.score_channels)
+    assert test["z500"]["6"]["persistence"] != validation["z500"]["6"]["persistence"]  # different years
+    assert "val/direct_rmse_over_climatology" in results["scalars"]
+    with pytest.raises(ValueError, match="eval.validation_years .* overlaps eval.years"):
+        make_task(reanalysis_root, "eval.validation_years=[1992,1992]")
+    with pytest.raises(ValueError, match="data.train_years .* overlaps eval.validation_years"):
+        make_task(reanalysis_root, "eval.validation_years=[1990,1991]")
+
+
 def test_forecast_dataset_has_cf_coordinates_and_physical_units():
     values = np.arange(2 * 3 * 2 * 4 * 8, dtype=np.float32).reshape(2, 3, 2, 4, 8)
     init = np.array(["1993-01-01T00", "1993-01-02T06"], dtype="datetime64[ns]")
@@ -221,6 +238,7 @@ def test_run_comparison_summarizes_skill_relative_to_climatology(tmp_path):
     assert normalized_rmse(skill) == pytest.approx((1.0 / 4.0 + 6.0 / 4.0) / 2)
     assert normalized_rmse(skill, "rollout") == pytest.approx(1.5 / 4.0)
     assert wins(skill) == (1, 2) and wins(skill, "rollout") == (1, 1)
-    table = comparison_markdown({"pretrained": skill, "scratch": skill})
-    assert "| pretrained | 0.875 | 1/2 | 0.375 | 1/1 |" in table
+    table = comparison_markdown({"pretrained": {"skill": skill, "validation_skill": skill}, "scratch": {"skill": skill}})
+    assert "| pretrained | 0.875 | 0.875 | 1/2 | 0.375 | 1/1 |" in table
+    assert "| scratch | - | 0.875 | 1/2 | 0.375 | 1/1 |" in table
     assert "| z500 | 168 h | 6 | 6 | 4 | 4 |" in table

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from orbit.data.dataset import ForecastDataset
-from orbit.data.loader import ResumableLoader, epoch_leads, evaluation_batches
+from orbit.data.loader import ResumableLoader, epoch_leads, evaluation_batches, evaluation_inits
 from test_dataset import write_toy_store  # tests/unit is on sys.path under pytest
 
 CHANNELS = ["t2m", "z500"]
@@ -129,17 +129,38 @@ def test_lead_subset_and_invalid_arguments(dataset):
         ResumableLoader(dataset, batch_size=4, rank=2, world_size=2)
 
 
-def test_evaluation_batches_cover_strided_inits_at_every_lead_once(dataset):
-    loader = evaluation_batches(dataset, [6, 24], batch_size=4, stride=4)
+def test_evaluation_batches_cover_spread_inits_at_every_lead_once(dataset):
+    loader = evaluation_batches(dataset, [6, 24], batch_size=4, max_samples=9)
     seen = [k for batch in loader for k in keys(batch)]
-    inits = dataset.init_times()[::4].astype(np.int64)
+    inits = dataset.init_times()[evaluation_inits(dataset, 9)].astype(np.int64)
     assert len(seen) == 2 * 18 and len(loader) == 9
     assert [t for _, t, lead in seen if lead == 6.0] == inits.tolist()
     assert [t for _, t, lead in seen if lead == 24.0] == inits.tolist()
-    shards = [[k for b in evaluation_batches(dataset, [6, 24], 4, 4, rank=r, world_size=3) for k in keys(b)]
+    shards = [[k for b in evaluation_batches(dataset, [6, 24], 4, 9, rank=r, world_size=3) for k in keys(b)]
               for r in range(3)]
     assert sorted(sum(shards, [])) == sorted(seen)
-    limited = [k for b in evaluation_batches(dataset, [6], 4, stride=1, max_samples=5) for k in keys(b)]
-    assert len(limited) == 5
+    everything = [k for b in evaluation_batches(dataset, [6], 4) for k in keys(b)]
+    assert len(everything) == len(dataset)
     with pytest.raises(ValueError, match="subset of the dataset's leads"):
         evaluation_batches(dataset, [48], 4)
+
+
+def test_evaluation_scores_every_source_season_and_hour(tmp_path):
+    """Init times are spread within each source over the whole year, not taken from the start of
+    the concatenated index (which once scored one source all year and another not at all)."""
+    paths = {}
+    for name in ("cmip_a", "cmip_b", "cmip_c"):
+        paths[name] = tmp_path / f"{name}.zarr"
+        write_toy_store(paths[name], source=name, start="2000-12-01", end="2001-12-31T18")
+    year = ForecastDataset(paths, CHANNELS, years=[2001], lead_hours=LEADS)
+    inits = evaluation_inits(year, 64)
+    sources = [year.locate(int(i))[0] for i in inits]
+    assert [sources.count(s) for s in range(3)] == [64, 64, 64]
+    times = year.init_times()[inits]
+    for s in range(3):
+        mine = times[np.asarray(sources) == s]
+        months = set((mine.astype("datetime64[M]").astype(int) % 12 + 1).tolist())
+        hours = set((mine.astype("datetime64[h]").astype(int) % 24).tolist())
+        assert months == set(range(1, 13)) and hours == {0, 6, 12, 18}
+    with pytest.raises(ValueError, match="per_source must be >= 1"):
+        evaluation_inits(year, 0)
