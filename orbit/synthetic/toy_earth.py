@@ -712,10 +712,13 @@ def synthesize(root: str | Path, sources: list[str] | None = None, years: tuple[
     root = Path(root)
     paths = {source: root / f"{source}.zarr" for source in sources}
     existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
+    resuming = any(p.with_name(f"{p.name}.partial").exists() for p in paths.values())
+    if existing and not overwrite and not resuming:
         raise FileExistsError(f"stores already exist: {existing}; pass overwrite=True to replace them")
     times = time_axis(years)
     for source, path in paths.items():
+        if path.exists() and not overwrite:  # an interrupted run resumed: its finished stores are kept
+            continue
         spec = SOURCES[source]
         template = _fields(spec, grid, times, {name: np.broadcast_to(np.float32(0), (times.size, *shape))
                                                for name, shape in _step_shapes(spec, grid).items()})

@@ -133,7 +133,8 @@ def test_lazy_input_is_written_along_its_dask_chunks(tmp_path):
 
 
 def test_toy_earth_synthesis_resumes_from_its_saved_state(tmp_path, monkeypatch):
-    """A kill mid-way through `synthesize`: the rerun continues from the saved model state, bitwise."""
+    """A kill mid-way through `synthesize`: the rerun continues from the saved model state, bitwise, and
+    keeps the stores of sources already finished."""
     from orbit.synthetic import toy_earth
 
     monkeypatch.setattr(writer, "CHECKPOINT_SECONDS", 0.0)
@@ -147,12 +148,12 @@ def test_toy_earth_synthesis_resumes_from_its_saved_state(tmp_path, monkeypatch)
         return step(self, state, time)
 
     monkeypatch.setattr(toy_earth.ToyEarth, "step", killed_at_1000)
+    (tmp_path / "cmip_b.zarr").mkdir()  # a source an earlier run finished: kept when resuming
     with pytest.raises(KeyboardInterrupt):
         toy_earth.synthesize(tmp_path, ["cmip_a"], years=(2000, 2000), grid=(16, 32))
-    monkeypatch.setattr(toy_earth.ToyEarth, "step", step)
     calls.clear()
     monkeypatch.setattr(toy_earth.ToyEarth, "step", lambda self, s, t: calls.append(t) or step(self, s, t))
-    toy_earth.synthesize(tmp_path, ["cmip_a"], years=(2000, 2000), grid=(16, 32))
+    toy_earth.synthesize(tmp_path, ["cmip_b", "cmip_a"], years=(2000, 2000), grid=(16, 32))
     assert calls[0] == np.datetime64("2000-07-19T00")  # step 800: after the last saved block, no spin-up
     expected, _ = toy_earth.generate("cmip_a", (2000, 2000), (16, 32))
     out = store.open_store(tmp_path / "cmip_a.zarr")
