@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="make or convert zarr stores").add_subparsers(dest="data_command",
                                                                                    required=True)
-    synth = data.add_parser("synth", help="generate the toy-Earth stores (no download needed)")
+    synth = data.add_parser("synth", help="generate the toy-Earth stores (no download needed)",
+                            description="Generate the toy-Earth stores block by block (memory does not grow with "
+                                        "the years); an interrupted run resumes when the same command is run again.")
     synth.add_argument("--root", default="data/toy", help="directory for <source>.zarr stores")
     synth.add_argument("--sources", nargs="+", default=None, help="sources to generate (default: all)")
     synth.add_argument("--years", nargs=2, type=int, default=[1990, 1996], metavar=("FIRST", "LAST"))
@@ -198,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace existing stores")
     synth.set_defaults(func=cmd_synth)
 
-    conv = data.add_parser("convert", help="convert CMIP6 netCDF or ERA5 zarr into an ORBIT store")
+    conv = data.add_parser("convert", help="convert CMIP6 netCDF or ERA5 zarr into an ORBIT store",
+                           description="Convert CMIP6 netCDF files or an ERA5 / WeatherBench2 zarr store into an "
+                                       "ORBIT store, reading lazily and writing block by block; an interrupted "
+                                       "conversion resumes when the same command is run again.")
     conv.add_argument("inputs", nargs="+", help="input files (netCDF) or one zarr store")
     conv.add_argument("--output", required=True, help="path of the <source>.zarr store to write")
     conv.add_argument("--format", default="auto", choices=["auto", "cmip6", "era5"])
