@@ -12,7 +12,6 @@ from orbit.data import readers, store
 from orbit.data.convert import convert
 
 IRIS_DATA = Path(pytest.importorskip("iris_sample_data").__file__).parent / "sample_data"
-HADISST = Path(pytest.importorskip("cartopy").__file__).parent / "data" / "netcdf" / "HadISST1_SST_update.nc"
 
 
 def write_coards(path: Path, units: str = "degK") -> Path:
@@ -94,15 +93,16 @@ def test_precipitation_units_as_rates_or_amounts(units, value, mm_per_6h):
 def test_real_hadisst_file_degc_descending_lat_and_missing_land(tmp_path):
     """cartopy's HadISST1 file: COARDS-style (latitude 89.5 -> -89.5, longitude -179.5..179.5), sst in degC,
     land as fill values, one month. Read with a variable map; a store of one time step is refused."""
-    raw = xr.open_dataset(HADISST)["sst"]
-    t2m = readers.open_cmip6([HADISST], rename={"sst": "t2m"}).fields["t2m"]
+    hadisst = Path(pytest.importorskip("cartopy").__file__).parent / "data" / "netcdf" / "HadISST1_SST_update.nc"
+    raw = xr.open_dataset(hadisst)["sst"]
+    t2m = readers.open_cmip6([hadisst], rename={"sst": "t2m"}).fields["t2m"]
     assert np.all(np.diff(t2m["lat"].values) > 0) and t2m["lon"].min() >= 0 and t2m["lon"].max() < 360
     point = raw.sel(lat=-0.5, lon=-150.5).values[0]
     assert np.isfinite(point)
     assert float(t2m.sel(lat=-0.5, lon=360 - 150.5)[0]) == pytest.approx(point + 273.15, abs=1e-4)
     assert int(np.isnan(t2m.values).sum()) == int(raw.isnull().sum()) > 0  # land stays missing
     with pytest.raises(ValueError, match="train_years 2012-2012 hold 1 time steps; the climatology fit needs at least 15"):
-        convert([HADISST], tmp_path / "out.zarr", source="hadisst", rename={"sst": "t2m"})
+        convert([hadisst], tmp_path / "out.zarr", source="hadisst", rename={"sst": "t2m"})
     assert leftovers(tmp_path) == []
 
 
