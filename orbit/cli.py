@@ -169,7 +169,7 @@ def cmd_explain(args) -> int:
 def cmd_dbuq(args) -> int:
     from orbit.plugins.dbuq.cli import main as dbuq_main
 
-    return dbuq_main(args.dbuq_args)
+    return dbuq_main(["--help"] if args.dbuq_help else args.dbuq_args)
 
 
 def cmd_uq_benchmark(args) -> int:
@@ -327,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dbuq = sub.add_parser("dbuq", add_help=False, help="land-model calibration: DBUQ train / sample, emulators, "
                                                        "surrogate + MCMC, NPE, compare (orbit dbuq --help)")
+    dbuq.add_argument("-h", "--help", action="store_true", dest="dbuq_help")
     dbuq.add_argument("dbuq_args", nargs=argparse.REMAINDER)
     dbuq.set_defaults(func=cmd_dbuq)
 
