@@ -120,7 +120,7 @@ def markdown(results: list[dict], budget: list[str], args) -> str:
              f"validation and test periods kept apart (synthetic: train 1981-95, val 1996-2000, test 2001-09, "
              f"the warmest years of a 0.03 degC/yr trend).", "",
              "| model | protocol | config | val NSE | test NSE | test KGE | test NSE lead 30 | persistence test NSE "
-             "| climatology test NSE | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| climatology test NSE | wall s (train + eval, busy shared CPU) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r["median"]
         key = _model_key(m["test"])
