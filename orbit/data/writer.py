@@ -18,7 +18,9 @@ Bad data (NaN/Inf) found mid-way raises ValueError and deletes the partial store
 interruption keeps it for resuming.
 
 Chunks: one time step per chunk with all levels, lat and lon (``(1, [L,] H, W)``): a training sample
-reads two time steps of every channel, so each read touches exactly the chunks it needs.
+reads two time steps of every channel, so each read touches exactly the chunks it needs. Grids so small
+that a step is under :data:`MIN_CHUNK_BYTES` (32x64 and below) put several steps in a chunk rather than
+write thousands of files of a few KiB.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from orbit.data.store import (FIELD_DIMS_2D, FIELD_DIMS_3D, HARMONICS, KINDS, ST
 
 BLOCK_BYTES = 256 << 20  # fields held in memory at once when the producer may choose the block length
 CHECKPOINT_SECONDS = 60.0  # how much work an interruption may cost
+MIN_CHUNK_BYTES = 64 << 10  # from 128x256 up one time step per chunk; small grids get several (fewer files)
 
 Producer = Callable[[int, dict], Iterator[tuple[xr.Dataset, dict]]]
 """``producer(start, state)`` yields ``(fields of the next block of time steps, state after it)`` from
@@ -155,11 +158,13 @@ def _canonical(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _empty_store(template: xr.Dataset, statics: xr.Dataset | None, attrs: dict) -> xr.Dataset:
-    """The store without field values: lazy zeros chunked one time step per chunk, plus statics."""
+    """The store without field values: lazy zeros chunked one time step per chunk (several on small
+    grids), plus statics."""
     fields = {}
     for name in _field_names(template):
         var = template[name]
-        chunks = tuple(1 if d == "time" else n for d, n in var.sizes.items())
+        steps = int(np.clip(MIN_CHUNK_BYTES // (var[0].size * 4), 1, var.sizes["time"]))
+        chunks = tuple(steps if d == "time" else n for d, n in var.sizes.items())
         fields[name] = xr.Variable(var.dims, dask.array.zeros(var.shape, chunks=chunks, dtype=np.float32),
                                    var.attrs, encoding={"chunks": chunks})
     out = xr.Dataset(fields, coords={c: template[c] for c in template.coords if c in template.dims})

@@ -33,7 +33,7 @@ def test_benchmark_reports_every_case_and_the_consumption_ratio_from_its_91_chan
     # the store it wrote: the presets' channels, one time step per chunk, the toy Earth's own levels kept
     ds = store.open_store(tmp_path / "toy91_16x32_24.zarr")
     assert store.channel_names(ds) == list(get_config("1b").variables)
-    assert ds["t"].encoding["chunks"] == (1, 12, 16, 32)
+    assert ds["t"].encoding["chunks"] == (2, 12, 16, 32)  # 24 KiB per step: 2 steps make the minimum chunk
     assert float(ds["q"].min()) >= 0 and np.isfinite(ds["r"].values).all()
     toy, _ = next(toy_earth.generate_blocks("reanalysis", (2000, 2000), (16, 32), block_steps=24))
     np.testing.assert_allclose(ds["t"].sel(level=850).values, toy["t"].sel(level=850).values, rtol=1e-6)

@@ -65,9 +65,13 @@ def test_statistics_state_round_trips():
         statistics.StreamingStatistics(["a"], (2, 2)).load_state_dict(stats.state_dict())
 
 
-def test_one_time_step_per_chunk_with_all_levels(tmp_path):
-    out = write(fields(), tmp_path / "s.zarr")
-    assert out["z"].encoding["chunks"] == (1, 2, H, W) and out["t2m"].encoding["chunks"] == (1, H, W)
+def test_one_time_step_per_chunk_with_all_levels(tmp_path, monkeypatch):
+    out = write(fields(), tmp_path / "s.zarr")  # a 4x8 grid: 64 KiB is 256 steps of z, all 301 of t2m
+    assert out["z"].encoding["chunks"] == (256, 2, H, W) and out["t2m"].encoding["chunks"] == (301, H, W)
+    monkeypatch.setattr(writer, "MIN_CHUNK_BYTES", 4 * H * W * 2)  # as at 128x256: one step per chunk
+    out = write(fields(), tmp_path / "t.zarr", blocks_of(fields(), 40, []))
+    assert out["z"].encoding["chunks"] == (1, 2, H, W) and out["t2m"].encoding["chunks"] == (2, H, W)
+    xr.testing.assert_identical(out[["t2m", "z"]].load(), store.open_store(tmp_path / "s.zarr")[["t2m", "z"]].load())
 
 
 def test_a_killed_write_resumes_where_it_stopped_and_matches_an_uninterrupted_one(tmp_path, monkeypatch):
