@@ -14,7 +14,7 @@ import torch
 
 from orbit.perf import calibrate as calibration
 from orbit.perf.benchmark import Result, default_cases, device_peak, run_cases
-from orbit.perf.devices import cpu_system, load_cpu_fit
+from orbit.perf.devices import load_cpu_fit
 from orbit.perf.validate import compare, prediction_table, summary_line
 
 CAVEAT = (
@@ -305,7 +305,7 @@ def run_scaling_benchmark(sizes: list[str], world_sizes: list[int], steps: int, 
     everything = run_cases([c for cases in sweeps.values() for c in cases], steps, peak)
     by_case = {r.case: r for r in everything}
     results = {name: [by_case[c] for c in cases] for name, cases in sweeps.items()}
-    rows = compare(results["layouts"], cpu_system(fit)) if predict else []
+    rows = compare(results["layouts"], fit) if predict else []
     md, png = out.with_name(out.name + ".md"), out.with_name(out.name + ".png")
     load = (load_before, os.getloadavg()[0])
     md.write_text(render_markdown(results, command=command, peak_note=peak_note, load=load, steps=steps,

@@ -20,6 +20,9 @@ What is measured, one thread per rank as `orbit bench` runs (fp32):
 - gloo collectives on 2 spawned ranks (all-reduce, all-gather, reduce-scatter, all-to-all,
   send/recv) from 4 KiB to 16 MiB; per collective t = alpha + sent / beta (sent = bytes one rank
   sends, the convention of `comm_stats`).
+- The GEMM, SDPA, elementwise and dispatch measurements again on both spawned ranks at once
+  ("concurrent"): with every core busy a rank computes slower than alone (shared caches, memory
+  bandwidth and clocks), and the 2-rank layouts run that way.
 
 Every timing is the minimum over repeats (the least disturbed by other load on the machine).
 """
@@ -193,6 +196,8 @@ def _dtensor_op_overhead(repeats: int, ops: int = 50) -> tuple[float, float]:
 def _collectives_on_rank(rank: int, world_size: int, repeats: int) -> dict[str, Any]:
     autograd, inplace = _dtensor_op_overhead(repeats)
     out: dict[str, Any] = {"dtensor_op_overhead_s": autograd, "dtensor_inplace_op_s": inplace}
+    dist.barrier()
+    out["concurrent"] = measure_compute(repeats)
     for op in COLLECTIVES:
         rows = []
         for payload in COLLECTIVE_SIZES:
@@ -217,9 +222,16 @@ def measure_collectives(repeats: int) -> dict[str, Any]:
     per_rank = spawn(_collectives_on_rank, 2, repeats, timeout_s=600)
     out: dict[str, Any] = {op: [[a[0], max(a[1], b[1])] for a, b in zip(per_rank[0][op], per_rank[1][op])]
                            for op in COLLECTIVES}
+    out["concurrent"] = per_rank[0]["concurrent"]
     for key in ("dtensor_op_overhead_s", "dtensor_inplace_op_s"):
         out[key] = max(r[key] for r in per_rank)
     return out
+
+
+def measure_compute(repeats: int) -> dict[str, Any]:
+    """GEMM, SDPA and elementwise rows, dispatch per op (autograd chain) and per in-place op."""
+    return {"gemm": measure_gemms(repeats), "sdpa": measure_sdpa(repeats), "elementwise": measure_elementwise(repeats),
+            "op_overhead_s": measure_op_overhead(repeats), "inplace_op_s": _inplace_chain(torch.randn(4), repeats)}
 
 
 def calibrate(repeats: int = 5) -> dict[str, Any]:
@@ -228,12 +240,11 @@ def calibrate(repeats: int = 5) -> dict[str, Any]:
     torch.set_num_threads(1)
     try:
         load = os.getloadavg()[0]
-        raw = {"gemm": measure_gemms(repeats), "sdpa": measure_sdpa(repeats),
-               "elementwise": measure_elementwise(repeats), "op_overhead_s": measure_op_overhead(repeats)}
+        raw = measure_compute(repeats)
         collectives = measure_collectives(repeats)
         raw["dtensor_op_overhead_s"] = collectives.pop("dtensor_op_overhead_s")
         raw["dtensor_inplace_op_s"] = collectives.pop("dtensor_inplace_op_s")
-        raw["inplace_op_s"] = _inplace_chain(torch.randn(4), repeats)
+        raw["concurrent"] = collectives.pop("concurrent")
         raw["collectives"] = collectives
         load_after = os.getloadavg()[0]
     finally:
@@ -243,7 +254,21 @@ def calibrate(repeats: int = 5) -> dict[str, Any]:
 
 
 def fit(raw: dict[str, Any]) -> dict[str, Any]:
-    """Fitted constants (module docstring) from raw micro-measurements."""
+    """Fitted constants (module docstring) from raw micro-measurements; "concurrent" holds the
+    compute constants measured with both ranks busy, where they were measured."""
+    coll = {}
+    for op, rows in raw["collectives"].items():
+        alpha, inv_beta = fit_affine([s for s, _ in rows], [t for _, t in rows])
+        coll[op] = {"alpha_s": alpha, "beta_bytes_per_s": 1 / inv_beta}
+    out = {**fit_compute(raw), "dtensor_op_overhead_s": raw["dtensor_op_overhead_s"],
+           "dtensor_inplace_op_s": raw["dtensor_inplace_op_s"], "collectives": coll}
+    if "concurrent" in raw:
+        out["concurrent"] = fit_compute(raw["concurrent"])
+    return out
+
+
+def fit_compute(raw: dict[str, Any]) -> dict[str, Any]:
+    """GEMM, SDPA, elementwise fits and the dispatch costs of one set of compute measurements."""
     gemm = {}
     for kind, rows in raw["gemm"].items():
         c0, inv_rate = fit_affine([2 * m * k * n for m, k, n, _ in rows], [t for *_, t in rows])
@@ -257,14 +282,8 @@ def fit(raw: dict[str, Any]) -> dict[str, Any]:
     for kind, rows in raw["elementwise"].items():
         c0, inv_bw = fit_affine([b for b, _ in rows], [t for _, t in rows])
         elementwise[kind] = {"c0_s": c0, "bytes_per_s": 1 / inv_bw}
-    coll = {}
-    for op, rows in raw["collectives"].items():
-        alpha, inv_beta = fit_affine([s for s, _ in rows], [t for _, t in rows])
-        coll[op] = {"alpha_s": alpha, "beta_bytes_per_s": 1 / inv_beta}
-    return {"gemm": gemm, "sdpa": sdpa, "elementwise": elementwise,
-            "op_overhead_s": raw["op_overhead_s"], "dtensor_op_overhead_s": raw["dtensor_op_overhead_s"],
-            "inplace_op_s": raw["inplace_op_s"], "dtensor_inplace_op_s": raw["dtensor_inplace_op_s"],
-            "collectives": coll}
+    return {"gemm": gemm, "sdpa": sdpa, "elementwise": elementwise, "op_overhead_s": raw["op_overhead_s"],
+            "inplace_op_s": raw["inplace_op_s"]}
 
 
 def save(result: dict[str, Any], path: str | Path) -> Path:

@@ -196,7 +196,10 @@ def cpu_profile(fit: dict[str, Any], *, name: str = "CPU core (calibrated)") -> 
 
 def cpu_system(fit: dict[str, Any], ranks_per_node: int = 2) -> System:
     """This machine: every rank on one node, gloo over loopback, per-collective α-β measured on 2
-    ranks (α per ring step: an all-reduce of 2 ranks is 2 steps, the others 1)."""
+    ranks (α per ring step: an all-reduce of 2 ranks is 2 steps, the others 1). With more than one
+    rank, the compute constants measured with both ranks busy ("concurrent") where the fit has them."""
+    if ranks_per_node > 1 and "concurrent" in fit:
+        fit = {**fit, **fit["concurrent"]}
     per_op = {op: (d["alpha_s"] / (2 if op == "all_reduce" else 1), d["beta_bytes_per_s"])
               for op, d in fit["collectives"].items()}
     loop = Link("gloo loopback", per_op["all_gather"][0], per_op["all_gather"][1], per_op)

@@ -18,7 +18,7 @@ from typing import Any
 
 from orbit.models.registry import get_config
 from orbit.perf.benchmark import SIZES, Case, Result
-from orbit.perf.devices import Rate, System
+from orbit.perf.devices import Rate, System, cpu_system
 from orbit.perf.plan import Layout
 from orbit.perf.timemodel import StepTime, predict
 
@@ -33,9 +33,9 @@ def case_layout(c: Case) -> Layout:
                   pp_schedule=parallel.pp_schedule, activation_checkpointing=False)
 
 
-def predict_case(c: Case, system: System) -> StepTime:
-    """The time model's step for case `c`, all of its ranks on one node of `system`."""
-    node = dataclasses.replace(system, gpus_per_node=c.world_size)
+def predict_case(c: Case, fit: dict[str, Any]) -> StepTime:
+    """The time model's step for case `c` on this CPU (`fit` from `calibrate`), its ranks on one node."""
+    node = cpu_system(fit, c.world_size)
     config = SIZES[c.size].build().config
     return predict(config, case_layout(c), node, 1, batch_size=c.global_batch // c.dims.dp, precision="fp32")
 
@@ -49,11 +49,11 @@ def judged(c: Case) -> bool:
     return c.world_size <= (os.cpu_count() or 1)
 
 
-def compare(results: list[Result], system: System) -> list[dict[str, Any]]:
+def compare(results: list[Result], fit: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per result: measured and predicted step, error, the predicted breakdown."""
     rows = []
     for r in results:
-        step = predict_case(r.case, system)
+        step = predict_case(r.case, fit)
         rows.append({"size": r.case.size, "ranks": r.case.world_size, "layout": r.case.label,
                      "global_batch": r.case.global_batch, "measured_s": r.step_min_s, "measured_median_s": r.step_s,
                      "measured_cpu_s_per_rank": r.cpu_s_per_rank, "predicted": step.as_dict(),

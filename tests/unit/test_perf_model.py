@@ -108,6 +108,14 @@ def test_systems_and_precision():
         get_system("frontier", "fp8")
 
 
+def test_cpu_system_uses_concurrent_rates_for_two_ranks():
+    fit = {**_fit(gemm=50e9), "concurrent": {k: v for k, v in _fit(gemm=25e9).items()
+                                             if k in ("gemm", "sdpa", "elementwise", "op_overhead_s", "inplace_op_s")}}
+    assert cpu_system(fit, 1).device.gemm["forward"].rate == 50e9
+    assert cpu_system(fit, 2).device.gemm["forward"].rate == 25e9
+    assert cpu_system(_fit(gemm=50e9), 2).device.gemm["forward"].rate == 50e9  # none measured: alone
+
+
 def test_cpu_system_alpha_per_ring_step():
     s = cpu_system(_fit(alpha=2e-4))
     assert s.intra.alpha_beta("all_reduce") == (1e-4, 1e9)
@@ -197,21 +205,21 @@ def test_profile_precision_must_match(ten_b):
 def test_benchmark_case_prediction_by_hand_compute():
     """One process: no communication, the step is compute + optimizer; doubling the GEMM rate
     shortens it; a 2-rank tp case pays DTensor dispatch and tp all-reduces."""
-    one = predict_case(case("d128", 1, 8), cpu_system(_fit()))
+    one = predict_case(case("d128", 1, 8), _fit())
     assert set(k for k, v in one.breakdown().items() if v) == {"compute", "optimizer"}
-    faster = predict_case(case("d128", 1, 8), cpu_system(_fit(gemm=100e9)))
+    faster = predict_case(case("d128", 1, 8), _fit(gemm=100e9))
     assert faster.step_s < one.step_s
-    tp = predict_case(case("d128", 2, 8, dp_shard=1, tp=2), cpu_system(_fit()))
+    tp = predict_case(case("d128", 2, 8, dp_shard=1, tp=2), _fit())
     assert tp.exposed_s["tp"] > 0 and tp.compute_s > one.compute_s / 2
 
 
 def test_compare_rows_error_and_judgement():
     from orbit.perf.benchmark import Result
     c = case("d128", 2, 8, dp_shard=2)
-    step = predict_case(c, cpu_system(_fit()))
+    step = predict_case(c, _fit())
     result = Result(c, step_s=2 * step.step_s, step_min_s=step.step_s * 1.1, cpu_s_per_rank=0.1, samples_per_s=1,
                     tokens_per_s=1, tflops_per_rank=1, mfu=0.1, peak_memory_mib=1, state_mib_per_rank=1,
                     ideal_state_mib_per_rank=1)
-    row, = compare([result], cpu_system(_fit()))
+    row, = compare([result], _fit())
     assert row["error"] == pytest.approx(1 / 1.1 - 1) and row["judged"] is (2 <= (__import__("os").cpu_count() or 1))
     assert math.isclose(row["predicted"]["step_s"], step.step_s)
