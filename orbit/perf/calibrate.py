@@ -5,7 +5,9 @@ What is measured, one thread per rank as `orbit bench` runs (fp32):
   grid of shapes (M tokens x K in x N out); per kind a least-squares fit of
       t = c0 + F / R,   F = 2 M K N,
   gives a per-call cost c0 and an asymptotic rate R (the efficiency curve: achieved rate
-  F / t = R F / (F + c0 R) rises with the GEMM's size towards R).
+  F / t = R F / (F + c0 R) rises with the GEMM's size towards R). The measured rows are kept too
+  ("gemm_table"): the CPU profile times a GEMM at the rate of the nearest measured shape, since on a
+  CPU the rate depends on K and N (cache blocking) more than a per-call cost can express.
 - Attention: `scaled_dot_product_attention` forward and forward+backward at a grid of
   (batch x heads, L, head_dim); fit t = c0 + F / R with F = 4 B h L^2 d forward and 3 F for both.
 - Elementwise ops on tensors of several sizes, per kind: "simple" (add, the AdamW-like in-place
@@ -282,8 +284,8 @@ def fit_compute(raw: dict[str, Any]) -> dict[str, Any]:
     for kind, rows in raw["elementwise"].items():
         c0, inv_bw = fit_affine([b for b, _ in rows], [t for _, t in rows])
         elementwise[kind] = {"c0_s": c0, "bytes_per_s": 1 / inv_bw}
-    return {"gemm": gemm, "sdpa": sdpa, "elementwise": elementwise, "op_overhead_s": raw["op_overhead_s"],
-            "inplace_op_s": raw["inplace_op_s"]}
+    return {"gemm": gemm, "gemm_table": raw["gemm"], "sdpa": sdpa, "elementwise": elementwise,
+            "op_overhead_s": raw["op_overhead_s"], "inplace_op_s": raw["inplace_op_s"]}
 
 
 def save(result: dict[str, Any], path: str | Path) -> Path:

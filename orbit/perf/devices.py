@@ -3,6 +3,7 @@
 A `DeviceProfile` turns work into seconds per op group (the "efficiency curves"):
 
     GEMM         t = c0 + max(F / R, bytes / W)    F = 2 M K N, R = achieved rate, W = HBM bytes/s
+                 (a measured table, the CPU's: R of the measured shape nearest in log M, log K, log N)
     attention    t = c0 + F / R_attn               F = 4 B h L^2 d forward, 3x that forward+backward
     elementwise  t = c0 + bytes / W_kind           kinds: "simple" (adds, in-place updates),
                                                    "gelu", "norm" (layer norm), fwd+bwd bytes
@@ -64,6 +65,7 @@ class DeviceProfile:
     overlap_comm: bool  # collectives progress beside compute (GPU copy engines / NICs); CPU: no
     source: str
     assumptions: tuple[str, ...] = ()
+    gemm_table: dict[str, tuple[tuple[float, float, float, float], ...]] | None = None  # kind -> (M, K, N, FLOP/s)
 
     def gemm_time(self, kind: str, m: float, k: float, n: float, elem_bytes: int) -> float:
         """One GEMM of an (m x k) by (k x n) product: roofline of its FLOPs and bytes plus c0."""
@@ -71,6 +73,9 @@ class DeviceProfile:
             return 0.0
         rate = self.gemm[kind]
         flops, moved = 2 * m * k * n, elem_bytes * (m * k + k * n + m * n)
+        if self.gemm_table:
+            near = min(self.gemm_table[kind], key=lambda row: sum(math.log(a / b) ** 2 for a, b in zip(row, (m, k, n))))
+            return flops / near[3]
         return rate.c0_s + max(flops / rate.rate, moved / self.hbm_bytes_per_s)
 
 
@@ -191,6 +196,8 @@ def cpu_profile(fit: dict[str, Any], *, name: str = "CPU core (calibrated)") -> 
         op_overhead_s=fit["op_overhead_s"], dtensor_op_overhead_s=fit["dtensor_op_overhead_s"],
         inplace_op_s=fit["inplace_op_s"], dtensor_inplace_op_s=fit["dtensor_inplace_op_s"],
         overlap_comm=False, source="micro-measurements (orbit.perf.calibrate)",
+        gemm_table={kind: tuple((m, k, n, 2 * m * k * n / t) for m, k, n, t in rows)
+                    for kind, rows in fit["gemm_table"].items()} if "gemm_table" in fit else None,
         assumptions=("collectives share the rank's core with compute: no overlap",))
 
 

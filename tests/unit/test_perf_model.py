@@ -91,6 +91,15 @@ def test_gemm_roofline_and_rate():
     assert Rate(1e-3, 1e9).time(1e9) == pytest.approx(1.001) and Rate(1e-3, 1e9).time(0) == 0.0
 
 
+def test_gemm_table_uses_the_nearest_measured_shape():
+    fit = {**_fit(gemm=50e9), "gemm_table": {k: [[1024, 128, 128, 2 * 1024 * 128 * 128 / 40e9],
+                                                [4096, 512, 512, 2 * 4096 * 512 * 512 / 90e9]]
+                                            for k in ("forward", "input_grad", "weight_grad")}}
+    device = cpu_system(fit, 1).device
+    assert device.gemm_time("forward", 1000, 128, 120, 4) == pytest.approx(2 * 1000 * 128 * 120 / 40e9)
+    assert device.gemm_time("weight_grad", 4096, 600, 512, 4) == pytest.approx(2 * 4096 * 600 * 512 / 90e9)
+
+
 def test_fit_affine_recovers_a_line():
     xs = [1e3, 1e5, 1e7, 1e9]
     a, b = fit_affine(xs, [2e-4 + x / 5e9 for x in xs])
