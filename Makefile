@@ -20,7 +20,7 @@ $(STAMP): setup.py Makefile
 
 $(DATA)/cmip_c.zarr: $(STAMP)
 	$(PY) -m orbit data synth --root $(DATA) --sources $(DEMO_SOURCES) --years 1990 1993 \
-		--train-years 1990 1992 --grid 32x64 --seed 0 --overwrite
+		--train-years 1990 1991 --grid 32x64 --seed 0 --overwrite
 
 data: $(DATA)/cmip_c.zarr
 
@@ -32,7 +32,7 @@ demo: data
 
 # Data of the three fine-tuning tasks' tiny configs (configs/finetune/*/tiny.yaml); ~10 min on 2 cores.
 finetune-data: $(STAMP)
-	$(PY) -m orbit data synth --root $(DATA) --sources reanalysis --years 1990 1993 --train-years 1990 1992 \
+	$(PY) -m orbit data synth --root $(DATA) --sources reanalysis --years 1990 1993 --train-years 1990 1991 \
 		--grid 32x64 --seed 0 --overwrite
 	$(PY) -m orbit data downscale --out data/downscale/reanalysis_16x32_x4.zarr --years 1990 1992 \
 		--train-years 1990 1991 --coarse-grid 16x32 --scale 4 --step-hours 12 --overwrite

@@ -24,6 +24,8 @@ setup(
         "tensorboard>=2.14",
         "matplotlib>=3.7",
         "scikit-image>=0.22",
+        "dask>=2024.1",
+        "cf-units>=3.2",
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-xdist>=3", "esmvaltool-sample-data", "iris-sample-data", "deepspeed>=0.14",

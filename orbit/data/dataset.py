@@ -213,6 +213,10 @@ class ForecastDataset(Dataset):
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
+    def source_ranges(self) -> list[range]:
+        """The flat indices of each source's init times, in `sources` order."""
+        return [range(int(start), int(stop)) for start, stop in zip(self._offsets[:-1], self._offsets[1:])]
+
     def locate(self, index: int) -> tuple[int, int]:
         """Flat index -> (source index, store time index of the init time)."""
         if not 0 <= index < len(self):

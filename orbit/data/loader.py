@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from orbit.data.batch import Batch
 from orbit.data.dataset import ForecastDataset
-from orbit.data.sampler import ShardedSampler
+from orbit.data.sampler import ShardedSampler, evenly_spaced
 
 LEAD_STREAM = 1  # third seed word: keeps the lead draws independent of the sampler's [seed, epoch] order
 
@@ -81,10 +81,21 @@ class ResumableLoader:
         self.sampler.load_state_dict(state)
 
 
-def evaluation_batches(dataset: ForecastDataset, lead_hours: Sequence[float], batch_size: int, stride: int = 1,
+def evaluation_inits(dataset: ForecastDataset, per_source: int | None = None) -> np.ndarray:
+    """Flat indices of the init times to score: `per_source` of each source's init times (all if
+    None or fewer), evenly spaced from its first to its last, so every source is scored over its
+    whole evaluation period, every season and (spacings not a multiple of a day) every hour.
+    """
+    if per_source is not None and per_source < 1:
+        raise ValueError(f"per_source must be >= 1 or None, got {per_source}")
+    chosen = [indices[int(p)] for indices in dataset.source_ranges() for p in evenly_spaced(len(indices), per_source)]
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def evaluation_batches(dataset: ForecastDataset, lead_hours: Sequence[float], batch_size: int,
                        max_samples: int | None = None, *, rank: int = 0, world_size: int = 1,
                        num_workers: int = 0) -> DataLoader:
-    """Held-out evaluation: every `stride`-th init time (at most `max_samples` of them) at every lead.
+    """Held-out evaluation: `evaluation_inits(dataset, max_samples)` (per source) at every lead.
 
     No shuffling, no padding: the (init, lead) pairs are ordered lead by lead, rank r takes pairs
     r, r + world_size, ...; each pair is seen once over all ranks, so summed metrics (e.g. a
@@ -96,12 +107,12 @@ def evaluation_batches(dataset: ForecastDataset, lead_hours: Sequence[float], ba
     if not lead_hours or unknown:
         raise ValueError(f"lead_hours {lead_hours} must be a non-empty subset of the dataset's leads "
                          f"{list(dataset.lead_hours)}")
-    if batch_size < 1 or stride < 1 or (max_samples is not None and max_samples < 1):
-        raise ValueError(f"need batch_size >= 1, stride >= 1, max_samples >= 1 or None; got "
-                         f"batch_size={batch_size}, stride={stride}, max_samples={max_samples}")
+    if batch_size < 1 or (max_samples is not None and max_samples < 1):
+        raise ValueError(f"need batch_size >= 1 and max_samples >= 1 or None; got "
+                         f"batch_size={batch_size}, max_samples={max_samples}")
     if not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    inits = np.arange(0, len(dataset), stride)[:max_samples].tolist()
+    inits = evaluation_inits(dataset, max_samples).tolist()
     pairs = [(index, lead) for lead in lead_hours for index in inits][rank::world_size]
     batches = [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]
     return DataLoader(dataset, batch_sampler=batches, collate_fn=dataset.collate, num_workers=num_workers)

@@ -143,3 +143,13 @@ class RowBatches:
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.sampler.load_state_dict(state)
+
+
+def evenly_spaced(length: int, count: int | None) -> np.ndarray:
+    """`count` indices of range(length) (all if None or more), evenly spread from the first to the
+    last: evaluation cases cover the whole period instead of its start."""
+    if count is None or count >= length:
+        return np.arange(length)
+    if count < 1:
+        raise ValueError(f"count must be >= 1 or None, got {count}")
+    return np.unique(np.round(np.linspace(0, length - 1, count)).astype(np.int64))

@@ -27,6 +27,7 @@ from orbit.data.dataset import ForecastDataset
 from orbit.data.loader import ResumableLoader
 from orbit.registry import register_task
 from orbit.tasks.sections import WEATHER_SECTIONS
+from orbit.tasks.forecast_compare import normalized_rmse
 from orbit.tasks.forecast_eval import channel_attrs, score_forecasts
 from orbit.run.plots import plot_forecast_maps, plot_loss_curve, plot_skill_vs_lead
 from orbit.tasks.pretrain import PretrainTask
@@ -142,21 +143,22 @@ class ForecastTask(PretrainTask):
         every `options.rollout_step_hours`, `steps` times."""
         return rollout(lambda b: self.predict(forward, b), batch, self.options.rollout_step_hours, steps)
 
-    def direct_forecasts(self, forward) -> Iterator[tuple[Batch, torch.Tensor]]:
-        """(evaluation batch, normalized direct forecast) for every eval lead, lead by lead."""
-        for batch in self._eval_batches(self.cfg.eval.leads_hours):
+    def direct_forecasts(self, forward, dataset=None) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """(evaluation batch, normalized direct forecast) for every eval lead, lead by lead, on the
+        test years (or `dataset`)."""
+        for batch in self._eval_batches(self.cfg.eval.leads_hours, dataset):
             forecast = self.predict(forward, batch)
             self._keep_map(batch, forecast, "direct")
             yield batch, forecast
 
-    def rollout_forecasts(self, forward) -> Iterator[tuple[Batch, torch.Tensor]]:
+    def rollout_forecasts(self, forward, dataset=None) -> Iterator[tuple[Batch, torch.Tensor]]:
         """(evaluation batch, normalized rollout forecast) at every eval lead a rollout lands on.
 
         One rollout per init batch serves all leads: the per-lead loaders visit the same init
         times in the same order, so their batches give the truth at each lead."""
         leads = self.rollout_leads
         steps = max(leads) // self.options.rollout_step_hours
-        for by_lead in zip(*(self._eval_batches([lead]) for lead in leads)):
+        for by_lead in zip(*(self._eval_batches([lead], dataset) for lead in leads)):
             truth_at = dict(zip(leads, by_lead))
             for lead, forecast in self.rollout(forward, by_lead[0], steps):
                 if int(lead) in truth_at:
@@ -179,20 +181,32 @@ class ForecastTask(PretrainTask):
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, engine, step: int) -> dict[str, Any]:
-        """Scorecard of direct and rollout forecasts vs persistence and climatology on eval.years."""
+        """Scorecard of direct and rollout forecasts vs persistence and climatology on eval.years
+        (`skill`) and, when configured, on eval.validation_years (`validation_skill`: where steps
+        and learning rate are chosen)."""
         self._maps = {}
-        leads = self.cfg.eval.leads_hours
-        direct = score_forecasts(self.direct_forecasts(engine.forward), self.eval_set, leads)["skill"]
-        rolled = score_forecasts(self.rollout_forecasts(engine.forward), self.eval_set, leads)["skill"]
-        skill = {c: {lead: {"direct": direct[c][lead]["model"], "rollout": rolled[c][lead]["model"],
-                            **{b: direct[c][lead][b] for b in BASELINES}}
-                     for lead in direct[c]}
-                 for c in self.options.score_channels}
+        skill = self._scorecard(engine.forward, self.eval_set)
         scalars = {f"{method}/{metric}/{c}/{lead}h": value
                    for c, by_lead in skill.items() for lead, scores in by_lead.items()
                    for method in METHODS for metric, value in scores[method].items() if value is not None}
-        return {"skill": skill, "scalars": scalars, "rollout_step_hours": self.options.rollout_step_hours,
-                "data_fraction": self.cfg.finetune.data_fraction, "init": self.cfg.finetune.init}
+        results = {"skill": skill, "scalars": scalars, "rollout_step_hours": self.options.rollout_step_hours,
+                   "data_fraction": self.cfg.finetune.data_fraction, "init": self.cfg.finetune.init}
+        if self.validation_set is not None:
+            maps, self._maps = self._maps, {"direct": None, "rollout": None}  # maps show test cases only
+            results["validation_skill"] = self._scorecard(engine.forward, self.validation_set)
+            self._maps = maps
+            results["scalars"]["val/direct_rmse_over_climatology"] = normalized_rmse(results["validation_skill"])
+        return results
+
+    def _scorecard(self, forward, dataset) -> dict[str, Any]:
+        """{channel: {lead: {direct, rollout, persistence, climatology: {rmse, acc}}}} on `dataset`."""
+        leads = self.cfg.eval.leads_hours
+        direct = score_forecasts(self.direct_forecasts(forward, dataset), dataset, leads)["skill"]
+        rolled = score_forecasts(self.rollout_forecasts(forward, dataset), dataset, leads)["skill"]
+        return {c: {lead: {"direct": direct[c][lead]["model"], "rollout": rolled[c][lead]["model"],
+                           **{b: direct[c][lead][b] for b in BASELINES}}
+                    for lead in direct[c]}
+                for c in self.options.score_channels}
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         run_dir = Path(run_dir)

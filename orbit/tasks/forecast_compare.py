@@ -20,11 +20,11 @@ import numpy as np
 from orbit.run.plots import plot_skill_comparison
 
 
-def read_skill(run_dir: Path) -> dict[str, Any]:
+def read_summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} not found: --run must name a finished `orbit finetune` run directory")
-    return json.loads(path.read_text())["skill"]
+    return json.loads(path.read_text())
 
 
 def normalized_rmse(skill: dict[str, Any], method: str = "direct") -> float:
@@ -41,14 +41,20 @@ def wins(skill: dict[str, Any], method: str = "direct") -> tuple[int, int]:
     return len(won), len(scored)
 
 
-def comparison_markdown(runs: dict[str, dict[str, Any]], command: str | None = None) -> str:
+def comparison_markdown(summaries: dict[str, dict[str, Any]], command: str | None = None) -> str:
+    """Test-year table of every run (with its validation-year score, where choices were made) and
+    per-variable direct-forecast RMSE / ACC."""
+    runs = {label: summary["skill"] for label, summary in summaries.items()}
     labels = list(runs)
     reference = runs[labels[0]]
-    lines = ["| run | mean RMSE / climatology RMSE (direct) | direct beats both baselines | "
-             "mean RMSE / climatology RMSE (rollout) | rollout beats both baselines |", "|---|---|---|---|---|"]
+    lines = ["| run | validation: mean RMSE / clim. RMSE (direct) | test: mean RMSE / clim. RMSE (direct) | "
+             "direct beats both baselines | mean RMSE / clim. RMSE (rollout) | rollout beats both baselines |",
+             "|---|---|---|---|---|---|"]
     for label, skill in runs.items():
         direct, rolled = wins(skill, "direct"), wins(skill, "rollout")
-        lines.append(f"| {label} | {normalized_rmse(skill, 'direct'):.3f} | {direct[0]}/{direct[1]} | "
+        validation = summaries[label].get("validation_skill")
+        val = f"{normalized_rmse(validation, 'direct'):.3f}" if validation else "-"
+        lines.append(f"| {label} | {val} | {normalized_rmse(skill, 'direct'):.3f} | {direct[0]}/{direct[1]} | "
                      f"{normalized_rmse(skill, 'rollout'):.3f} | {rolled[0]}/{rolled[1]} |")
     for metric in ("rmse", "acc"):
         header = ["variable", "lead", *labels, "persistence", *(["climatology"] if metric == "rmse" else [])]
@@ -70,11 +76,12 @@ def compare_runs(run_dirs: dict[str, Path], out: Path, command: str | None = Non
 
     The first run is the headline one: its scorecard (direct and rollout against both baselines)
     is appended to the table and its lead-time curves and maps are copied beside it."""
-    runs = {label: read_skill(path) for label, path in run_dirs.items()}
+    summaries = {label: read_summary(path) for label, path in run_dirs.items()}
+    runs = {label: summary["skill"] for label, summary in summaries.items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     first_label, first_dir = next(iter(run_dirs.items()))
-    text = comparison_markdown(runs, command)
+    text = comparison_markdown(summaries, command)
     scorecard = Path(first_dir) / "scorecard.md"
     if scorecard.is_file():
         text += f"\nScorecard of \"{first_label}\" ({first_dir}):\n\n{scorecard.read_text()}"

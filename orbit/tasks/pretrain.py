@@ -17,7 +17,7 @@ from torch import nn
 from orbit.config import RunConfig
 from orbit.data.dataset import ForecastDataset
 from orbit.data.forcings import cos_solar_zenith, lead_valid_time_ns
-from orbit.data.loader import ResumableLoader, evaluation_batches
+from orbit.data.loader import ResumableLoader, evaluation_batches, evaluation_inits
 from orbit.metrics.weather import lat_weighted_mse_loss
 from orbit.models.flops import forward_flops
 from orbit.models.registry import create_model, get_config
@@ -46,6 +46,16 @@ def residual_scale(lead_hours: torch.Tensor) -> torch.Tensor:
     return (lead_hours / 6.0).sqrt()[:, None, None, None]
 
 
+def check_disjoint_years(periods: dict[str, list[int] | None]) -> None:
+    """Train, validation and test periods ([first, last] years; None = unused) must not overlap."""
+    named = [(name, set(_year_range(years))) for name, years in periods.items() if years]
+    for i, (name, years) in enumerate(named):
+        for other, other_years in named[i + 1:]:
+            if years & other_years:
+                raise ValueError(f"{name} {periods[name]} overlaps {other} {periods[other]} (years "
+                                 f"{sorted(years & other_years)}); train, validation and test years must be apart")
+
+
 def _year_range(years: list[int]) -> range:
     """[first, last] inclusive, as the config writes it."""
     return range(years[0], years[1] + 1)
@@ -57,17 +67,15 @@ class PretrainTask(Task):
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        data = cfg.data
-        overlap = set(range(data.train_years[0], data.train_years[1] + 1)) & set(
-            range(cfg.eval.years[0], cfg.eval.years[1] + 1))
-        if overlap:
-            raise ValueError(f"eval.years {cfg.eval.years} overlap data.train_years {data.train_years} "
-                             f"(years {sorted(overlap)}); evaluation must use held-out years")
+        data, ev = cfg.data, cfg.eval
+        check_disjoint_years({"data.train_years": data.train_years, "eval.validation_years": ev.validation_years,
+                              "eval.years": ev.years})
         stores = store_paths(data.root, data.sources)
-        self.train_set = ForecastDataset(stores, channels=data.channels, years=_year_range(data.train_years),
-                                         lead_hours=data.leads_hours, in_memory=data.in_memory)
-        self.eval_set = ForecastDataset(stores, channels=data.channels, years=_year_range(cfg.eval.years),
-                                        lead_hours=cfg.eval.leads_hours, in_memory=data.in_memory)
+        open_years = lambda years, leads: ForecastDataset(  # noqa: E731
+            stores, channels=data.channels, years=_year_range(years), lead_hours=leads, in_memory=data.in_memory)
+        self.train_set = open_years(data.train_years, data.leads_hours)
+        self.eval_set = open_years(ev.years, ev.leads_hours)
+        self.validation_set = open_years(ev.validation_years, ev.leads_hours) if ev.validation_years else None
         self.lat = torch.as_tensor(self.train_set.lat)
         self._example: dict[str, Any] = {}
 
@@ -130,20 +138,28 @@ class PretrainTask(Task):
         return 3.0 * forward_flops(config, batch_size=1)["total"]
 
     def evaluate(self, engine, step: int) -> dict[str, Any]:
+        """Skill on the test years (`skill`, `skill_by_source`) and, when configured, on the
+        validation years (`validation`), where every choice of steps or learning rate is made."""
         ev = self.cfg.eval
-
-        results = evaluate_skill(lambda batch: self.predict(engine.forward, batch), self.eval_set, ev.leads_hours, batch_size=ev.batch_size,
-                                 stride=ev.stride, max_samples=ev.max_samples)
+        score = lambda dataset: evaluate_skill(lambda batch: self.predict(engine.forward, batch),  # noqa: E731
+                                               dataset, ev.leads_hours, batch_size=ev.batch_size,
+                                               max_samples=ev.max_samples)
+        results = score(self.eval_set)
         self._example = results.pop("example")
+        if self.validation_set is not None:
+            validation = score(self.validation_set)
+            validation.pop("example")
+            results["scalars"].update({f"val/{k}": v for k, v in validation.pop("scalars").items()})
+            results["validation"] = validation
         return results
 
     @property
     def predicted_channels(self) -> list[str]:
         return list(self.cfg.data.channels)
 
-    def _eval_batches(self, leads: list[int]):
+    def _eval_batches(self, leads: list[int], dataset: ForecastDataset | None = None):
         ev = self.cfg.eval
-        return evaluation_batches(self.eval_set, leads, ev.batch_size, ev.stride, ev.max_samples)
+        return evaluation_batches(self.eval_set if dataset is None else dataset, leads, ev.batch_size, ev.max_samples)
 
     def predictions(self, engine) -> xr.Dataset:
         """Forecasts of `predicted_channels` at every eval lead for the evaluation init times, in
@@ -151,7 +167,7 @@ class PretrainTask(Task):
         leads = list(self.cfg.eval.leads_hours)
         ids = [self.eval_set.channels.index(c) for c in self.predicted_channels]
         ev = self.cfg.eval
-        inits = self.eval_set.init_times()[np.arange(0, len(self.eval_set), ev.stride)[:ev.max_samples]]
+        inits = self.eval_set.init_times()[evaluation_inits(self.eval_set, ev.max_samples)]
         row_of = {int(t): i for i, t in enumerate(inits.astype(np.int64))}
         values = np.full((inits.size, len(leads), len(ids), self.eval_set.lat.size, self.eval_set.lon.size),
                          np.nan, np.float32)
@@ -166,5 +182,7 @@ class PretrainTask(Task):
                                     "source": f"orbit task {self.cfg.task}, sources {self.cfg.data.sources}"})
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
-        print_skill_table(summary["skill"])
+        if "validation" in summary:
+            print_skill_table(summary["validation"]["skill"], summary["validation"]["skill_by_source"], "Validation")
+        print_skill_table(summary["skill"], summary.get("skill_by_source"))
         write_skill_figures(summary, self._example, run_dir, self.cfg.data.channels)

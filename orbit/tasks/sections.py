@@ -64,17 +64,20 @@ class WeatherDataConfig(DataConfig):
 
 @dataclass
 class WeatherEvalConfig(EvalConfig):
-    """Held-out evaluation: years, leads and how many initial times to score."""
+    """Held-out evaluation: years, leads and how many initial times to score per source
+    (`max_samples`, evenly spread over the years: every season, every hour)."""
 
     years: list[int] = field(default_factory=lambda: [1996, 1996])
+    validation_years: list[int] | None = None  # where steps, learning rate etc. are chosen
     leads_hours: list[int] = field(default_factory=lambda: [6, 24, 72])
-    stride: int = 4
-    max_samples: int = 256
+    max_samples: int = 64
 
     def validate(self) -> None:
         _check_years("eval.years", self.years)
-        if self.stride < 1:
-            raise ValueError(f"eval.stride={self.stride} must be >= 1")
+        if self.validation_years is not None:
+            _check_years("eval.validation_years", self.validation_years)
+        if self.max_samples < 1:
+            raise ValueError(f"eval.max_samples={self.max_samples} must be >= 1")
         if min(self.leads_hours, default=0) <= 0:
             raise ValueError(f"lead times must be positive hours; got eval.leads_hours={self.leads_hours}")
 
