@@ -163,23 +163,28 @@ class PretrainTask(Task):
 
     def predictions(self, engine) -> xr.Dataset:
         """Forecasts of `predicted_channels` at every eval lead for the evaluation init times, in
-        physical units: dims (init_time, lead_time, lat, lon) (what `orbit evaluate` writes)."""
+        physical units: dims (init_time, lead_time, lat, lon) with a `source` coordinate along
+        init_time, since sources share init times (what `orbit evaluate` writes)."""
         leads = list(self.cfg.eval.leads_hours)
         ids = [self.eval_set.channels.index(c) for c in self.predicted_channels]
         ev = self.cfg.eval
-        inits = self.eval_set.init_times()[evaluation_inits(self.eval_set, ev.max_samples)]
-        row_of = {int(t): i for i, t in enumerate(inits.astype(np.int64))}
+        indices = evaluation_inits(self.eval_set, ev.max_samples)
+        inits = self.eval_set.init_times()[indices]
+        sources = [self.eval_set.locate(int(i))[0] for i in indices]
+        row_of = {(s, int(t)): i for i, (s, t) in enumerate(zip(sources, inits.astype(np.int64)))}
         values = np.full((inits.size, len(leads), len(ids), self.eval_set.lat.size, self.eval_set.lon.size),
                          np.nan, np.float32)
         for batch in self._eval_batches(leads):
             forecast = batch.denormalize(self.predict(engine.forward, batch))[:, ids].cpu().numpy()
-            rows = [row_of[int(t)] for t in batch.time]
+            rows = [row_of[(int(s), int(t))] for s, t in zip(batch.source_index, batch.time)]
             columns = [leads.index(int(lead)) for lead in batch.lead_hours]  # a batch may span two leads
             values[rows, columns] = forecast
-        return forecast_dataset(values, list(self.predicted_channels), inits, leads, self.eval_set.lat,
-                                self.eval_set.lon, {
-                                    "title": f"ORBIT direct forecasts ({self.cfg.name})",
-                                    "source": f"orbit task {self.cfg.task}, sources {self.cfg.data.sources}"})
+        dataset = forecast_dataset(values, list(self.predicted_channels), inits, leads, self.eval_set.lat,
+                                   self.eval_set.lon, {
+                                       "title": f"ORBIT direct forecasts ({self.cfg.name})",
+                                       "source": f"orbit task {self.cfg.task}, sources {self.cfg.data.sources}"})
+        names = [self.eval_set.sources[s] for s in sources]
+        return dataset.assign_coords(source=("init_time", names, {"long_name": "data source of the case"}))
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         if "validation" in summary:
