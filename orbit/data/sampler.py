@@ -120,29 +120,42 @@ class ShardedSampler:
                                                       int(state["seed"]))
 
 
-class RowBatches:
-    """Endless, resumable (x, y) batches of the table rows `rows` for one data rank: the loader of
-    small in-memory tabular tasks. `drop_last=False` wraps the last global batch, so every row is
-    seen each epoch and the ranks' batches concatenate to the one-process batch of that size."""
+class SampledBatches:
+    """Endless, resumable batches for one data rank of `length` in-memory samples: `batch(positions)`
+    builds the batch of the sampler's positions. `drop_last=False` wraps the last global batch, so
+    every sample is seen each epoch and the ranks' batches concatenate to the one-process batch."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, rank: int,
-                 world_size: int):
-        self.x, self.y, self.rows = x, y, rows
-        self.sampler = ShardedSampler(len(rows), batch_size, seed=seed, rank=rank, world_size=world_size,
+    def __init__(self, length: int, batch_size: int, seed: int, rank: int, world_size: int):
+        self.sampler = ShardedSampler(length, batch_size, seed=seed, rank=rank, world_size=world_size,
                                       drop_last=False)
 
-    def __iter__(self):
-        import torch  # the sampler itself stays free of torch
+    def batch(self, positions: np.ndarray):
+        raise NotImplementedError
 
+    def __iter__(self):
         for positions in self.sampler:
-            rows = self.rows[positions]
-            yield torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows])
+            yield self.batch(positions)
 
     def state_dict(self) -> dict[str, int]:
         return self.sampler.state_dict()
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.sampler.load_state_dict(state)
+
+
+class RowBatches(SampledBatches):
+    """(x, y) batches of the table rows `rows`: the loader of small in-memory tabular tasks."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, rank: int,
+                 world_size: int):
+        super().__init__(len(rows), batch_size, seed, rank, world_size)
+        self.x, self.y, self.rows = x, y, rows
+
+    def batch(self, positions: np.ndarray):
+        import torch  # the sampler itself stays free of torch
+
+        rows = self.rows[positions]
+        return torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows])
 
 
 def evenly_spaced(length: int, count: int | None) -> np.ndarray:

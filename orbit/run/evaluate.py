@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 import xarray as xr
+from torch import nn
 
 from orbit.atomic import write_atomically
-from orbit.config import load_config
-from orbit.parallel.checkpoint import is_complete
+from orbit.config import RunConfig, load_config
+from orbit.parallel.checkpoint import is_complete, load_distributed
 from orbit.parallel.mesh import parallel_dims_from
 from orbit.parallel.env import init_distributed
 from orbit.registry import build_task
@@ -36,6 +37,28 @@ def find_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
     if latest is None:
         raise FileNotFoundError(f"run directory {str(run_dir)!r} holds no complete checkpoint under checkpoints/")
     return latest
+
+
+def read_run_config(run_dir: str | Path, task: str, overrides: list[str] | None = None) -> RunConfig:
+    """The config.yaml of a trained `task` run, without its pretrained init (weights come from the run)."""
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{str(config)!r} not found: give the run directory of a finished `orbit train` "
+                                f"run of task {task!r}")
+    cfg = load_config(config, [*(overrides or []), "finetune.init=null"])
+    if cfg.task != task:
+        raise ValueError(f"run {str(run_dir)!r} is a {cfg.task!r} run; this command needs a {task!r} run")
+    return cfg
+
+
+def load_trained(cfg: RunConfig, path: Path) -> tuple[Any, nn.Module]:
+    """(task, model) of a run for single-process use (no engine, no process group): the task rebuilt
+    from `cfg` (data, split and normalization as trained), the weights of checkpoint `path`
+    (`find_checkpoint`), eval mode."""
+    task = build_task(cfg)
+    model = task.build_model()
+    load_distributed(path, [model])
+    return task, model.eval()
 
 
 def write_predictions(dataset: xr.Dataset, path: Path) -> Path:

@@ -14,10 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from orbit.config import load_config
-from orbit.parallel.checkpoint import load_distributed
-from orbit.registry import build_task
-from orbit.train.checkpoint import latest_checkpoint
+from orbit.run.evaluate import find_checkpoint, load_trained, read_run_config
 from orbit.train.logging import write_json
 
 from .explain import Attribution, attention, driver_importance, integrated_gradients, lag_driver_map, shap_values
@@ -65,24 +62,15 @@ def run_explain(run_dir: str | Path, methods: list[str] | None = None, samples: 
     if unknown:
         raise ValueError(f"--methods {unknown} not known; valid: {list(METHODS)}")
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{str(run_dir / 'config.yaml')!r} not found: --run-dir must be a streamflow run")
-    cfg = load_config(run_dir / "config.yaml", ["finetune.init=null"])
-    if cfg.task != "streamflow":
-        raise ValueError(f"`orbit explain` explains streamflow runs; {str(run_dir)!r} is a {cfg.task!r} run")
+    cfg = read_run_config(run_dir, "streamflow")
     if not 1 <= lead <= cfg.data.horizon:
         raise ValueError(f"--lead {lead} is outside 1..{cfg.data.horizon} (the run's horizon)")
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise FileNotFoundError(f"run directory {str(run_dir)!r} holds no complete checkpoint under checkpoints/")
-    task = build_task(cfg)
-    model = task.build_model()
-    load_distributed(checkpoint, [model])
+    checkpoint = find_checkpoint(run_dir, None)
+    task, model = load_trained(cfg, checkpoint)
     if cfg.options.intervals:  # explain the mean network of a PI3NN run
         model = model.mean
-    model.eval()
     rng = np.random.default_rng([seed, 3])
     b, t0 = task.windows.samples(task.rows["test"], *task.days["test"], require_target=True)
     pick = np.sort(rng.choice(len(b), min(samples, len(b)), replace=False))

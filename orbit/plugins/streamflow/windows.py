@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from orbit.data.sampler import ShardedSampler
+from orbit.data.sampler import SampledBatches
 
 from .basins import BasinSet
 
@@ -107,22 +107,14 @@ class Windows:
         return qn * self.q_std + self.q_mean
 
 
-class WindowBatches:
-    """Endless, resumable batches of the samples (b, t0) for one data rank (basins and days shuffled
-    together by `ShardedSampler`, so ranks' batches concatenate to the one-process batch)."""
+class WindowBatches(SampledBatches):
+    """Batches of the samples (b, t0) for one data rank (basins and days shuffled together by
+    `ShardedSampler`, so ranks' batches concatenate to the one-process batch)."""
 
     def __init__(self, windows: Windows, b: np.ndarray, t0: np.ndarray, batch_size: int, seed: int, rank: int,
                  world_size: int):
+        super().__init__(len(b), batch_size, seed, rank, world_size)
         self.windows, self.b, self.t0 = windows, b, t0
-        self.sampler = ShardedSampler(len(b), batch_size, seed=seed, rank=rank, world_size=world_size,
-                                      drop_last=False)
 
-    def __iter__(self):
-        for positions in self.sampler:
-            yield self.windows.batch(self.b[positions], self.t0[positions])
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state) -> None:
-        self.sampler.load_state_dict(state)
+    def batch(self, positions: np.ndarray) -> StreamflowBatch:
+        return self.windows.batch(self.b[positions], self.t0[positions])
