@@ -148,7 +148,8 @@ class ForecastTask(PretrainTask):
         test years (or `dataset`)."""
         for batch in self._eval_batches(self.cfg.eval.leads_hours, dataset):
             forecast = self.predict(forward, batch)
-            self._keep_map(batch, forecast, "direct")
+            if dataset is None:  # example maps show test cases only
+                self._keep_map(batch, forecast, "direct")
             yield batch, forecast
 
     def rollout_forecasts(self, forward, dataset=None) -> Iterator[tuple[Batch, torch.Tensor]]:
@@ -161,9 +162,11 @@ class ForecastTask(PretrainTask):
         for by_lead in zip(*(self._eval_batches([lead], dataset) for lead in leads)):
             truth_at = dict(zip(leads, by_lead))
             for lead, forecast in self.rollout(forward, by_lead[0], steps):
-                if int(lead) in truth_at:
+                if int(lead) not in truth_at:
+                    continue
+                if dataset is None:  # example maps show test cases only
                     self._keep_map(truth_at[int(lead)], forecast, "rollout")
-                    yield truth_at[int(lead)], forecast
+                yield truth_at[int(lead)], forecast
 
     def _keep_map(self, batch: Batch, forecast: torch.Tensor, method: str) -> None:
         """Keep the first sample at `map_lead_hours` of each method for the example maps."""
@@ -185,24 +188,23 @@ class ForecastTask(PretrainTask):
         (`skill`) and, when configured, on eval.validation_years (`validation_skill`: where steps
         and learning rate are chosen)."""
         self._maps = {}
-        skill = self._scorecard(engine.forward, self.eval_set)
+        skill = self._scorecard(engine.forward)
         scalars = {f"{method}/{metric}/{c}/{lead}h": value
                    for c, by_lead in skill.items() for lead, scores in by_lead.items()
                    for method in METHODS for metric, value in scores[method].items() if value is not None}
         results = {"skill": skill, "scalars": scalars, "rollout_step_hours": self.options.rollout_step_hours,
                    "data_fraction": self.cfg.finetune.data_fraction, "init": self.cfg.finetune.init}
         if self.validation_set is not None:
-            maps, self._maps = self._maps, {"direct": None, "rollout": None}  # maps show test cases only
             results["validation_skill"] = self._scorecard(engine.forward, self.validation_set)
-            self._maps = maps
             results["scalars"]["val/direct_rmse_over_climatology"] = normalized_rmse(results["validation_skill"])
         return results
 
-    def _scorecard(self, forward, dataset) -> dict[str, Any]:
-        """{channel: {lead: {direct, rollout, persistence, climatology: {rmse, acc}}}} on `dataset`."""
-        leads = self.cfg.eval.leads_hours
-        direct = score_forecasts(self.direct_forecasts(forward, dataset), dataset, leads)["skill"]
-        rolled = score_forecasts(self.rollout_forecasts(forward, dataset), dataset, leads)["skill"]
+    def _scorecard(self, forward, dataset=None) -> dict[str, Any]:
+        """{channel: {lead: {direct, rollout, persistence, climatology: {rmse, acc}}}} on `dataset`
+        (default: the test years)."""
+        leads, scored = self.cfg.eval.leads_hours, self.eval_set if dataset is None else dataset
+        direct = score_forecasts(self.direct_forecasts(forward, dataset), scored, leads)["skill"]
+        rolled = score_forecasts(self.rollout_forecasts(forward, dataset), scored, leads)["skill"]
         return {c: {lead: {"direct": direct[c][lead]["model"], "rollout": rolled[c][lead]["model"],
                            **{b: direct[c][lead][b] for b in BASELINES}}
                     for lead in direct[c]}

@@ -202,7 +202,7 @@ def test_invalid_options_are_clear_errors(reanalysis_root, override, message):
 
 
 def test_validation_and_test_years_are_scored_apart_and_must_not_overlap(reanalysis_root):
-    task = make_task(reanalysis_root, "eval.leads_hours=[6,12]", "eval.max_samples=2")
+    task = make_task(reanalysis_root, "eval.leads_hours=[6,12]", "eval.max_samples=2", "options.map_lead_hours=12")
     task.model = task.build_model().eval()
     with torch.no_grad():
         results = task.evaluate(SimpleNamespace(forward=lambda inputs: task.model(*inputs)), step=0)
