@@ -34,7 +34,7 @@ demo: data
 finetune-data: $(STAMP)
 	$(PY) -m orbit data synth --root $(DATA) --sources reanalysis --years 1990 1993 --train-years 1990 1991 \
 		--grid 32x64 --seed 0 --overwrite
-	$(PY) -m orbit data downscale --out data/downscale/reanalysis_16x32_x4.zarr --years 1990 1992 \
+	$(PY) -m orbit data downscale --out data/downscale/reanalysis_16x32_x4.zarr --years 1990 1993 \
 		--train-years 1990 1991 --coarse-grid 16x32 --scale 4 --step-hours 12 --overwrite
 	$(PY) -m orbit data elm --out data/elm/elm_64x128_sites3.zarr --grid 64x128 --tol 0.05 \
 		--site-copies 2 --overwrite

@@ -30,7 +30,7 @@ from orbit.metrics.downscale import PERCENTILES, downscaling_scores
 from orbit.models.downscale_net import DownscaleViT, upsample_bicubic
 from orbit.models.registry import get_config
 from orbit.registry import register_task
-from orbit.tasks.sections import WEATHER_SECTIONS
+from orbit.tasks.sections import WEATHER_SECTIONS, check_disjoint_years
 from orbit.train.task import Task
 from orbit.run.plots import plot_loss_curve, plt
 from orbit.train.finetune import prepare_model
@@ -49,20 +49,21 @@ class DownscaleOptions:
 
 @register_task("downscale", options=DownscaleOptions, **WEATHER_SECTIONS)
 class DownscaleTask(Task):
-    """Train on `data.train_years` of the store, score `eval.max_samples` steps spread over `eval.years`."""
+    """Train on `data.train_years` of the store, score `eval.max_samples` steps spread over `eval.years`
+    (test) and, when set, over `eval.validation_years` (where steps and learning rate are chosen)."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         opts, data = cfg.options, cfg.data
-        train_years, eval_years = data.train_years, cfg.eval.years
-        if train_years[1] >= eval_years[0] and eval_years[1] >= train_years[0]:
-            raise ValueError(f"eval.years {eval_years} overlap data.train_years {train_years}; evaluation must "
-                             f"use held-out years")
+        check_disjoint_years({"data.train_years": data.train_years, "eval.validation_years":
+                              cfg.eval.validation_years, "eval.years": cfg.eval.years})
         for name in ("head_features", "refine_hidden"):
             if getattr(opts, name) < 1:
                 raise ValueError(f"options.{name} must be >= 1, got {getattr(opts, name)}")
-        self.train_set = DownscaleDataset(opts.store, data.channels, train_years, cfg.finetune.data_fraction)
-        self.eval_set = DownscaleDataset(opts.store, data.channels, eval_years)
+        self.train_set = DownscaleDataset(opts.store, data.channels, data.train_years, cfg.finetune.data_fraction)
+        self.eval_set = DownscaleDataset(opts.store, data.channels, cfg.eval.years)
+        self.validation_set = (DownscaleDataset(opts.store, data.channels, cfg.eval.validation_years)
+                               if cfg.eval.validation_years else None)
         self.lat = torch.as_tensor(self.train_set.lat)
         self.statics = torch.from_numpy(self.train_set.statics)
         self.regression = StaticsRegression.fit(self.train_set, self.cfg.eval.batch_size)
@@ -91,20 +92,20 @@ class DownscaleTask(Task):
         return lat_weighted_mse_loss(output, batch.fine, self.lat.to(output.device))
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_indices(self) -> list[list[int]]:
+    def _eval_indices(self, dataset: DownscaleDataset) -> list[list[int]]:
         ev = self.cfg.eval
-        indices = evenly_spaced(len(self.eval_set), ev.max_samples).tolist()
+        indices = evenly_spaced(len(dataset), ev.max_samples).tolist()
         return [indices[i:i + ev.batch_size] for i in range(0, len(indices), ev.batch_size)]
 
-    def _predict_eval(self, engine) -> dict[str, torch.Tensor]:
+    def _predict_eval(self, engine, dataset: DownscaleDataset) -> dict[str, torch.Tensor]:
         """Physical-unit fields of the evaluation steps: model, bicubic, truth (N, C, H, W); coarse (N, C, h, w)."""
         out: dict[str, list[torch.Tensor]] = {name: [] for name in (*METHODS, "truth", "coarse", "index")}
-        to_physical = self.eval_set.to_physical
-        for chunk in self._eval_indices():
-            batch = self.eval_set.batch(chunk)
+        to_physical = dataset.to_physical
+        for chunk in self._eval_indices(dataset):
+            batch = dataset.batch(chunk)
             coarse = to_physical(batch.coarse)
             out["model"].append(to_physical(engine.forward(self.model_inputs(batch)).float().cpu()))
-            bicubic = bicubic_baseline(coarse, self.eval_set.scale, self.eval_set.channels)
+            bicubic = bicubic_baseline(coarse, dataset.scale, dataset.channels)
             out["bicubic"].append(bicubic)
             out["bicubic + statics regression"].append(self.regression.predict(bicubic))
             out["truth"].append(to_physical(batch.fine))
@@ -112,26 +113,39 @@ class DownscaleTask(Task):
             out["index"].append(batch.index)
         return {name: torch.cat(parts) for name, parts in out.items()}
 
+    def _scores(self, engine, dataset: DownscaleDataset) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        fields = self._predict_eval(engine, dataset)
+        channels = list(dataset.channels)
+        return {method: downscaling_scores(fields[method], fields["truth"], self.lat, channels)
+                for method in METHODS}, fields
+
     def evaluate(self, engine, step: int) -> dict[str, Any]:
-        fields = self._predict_eval(engine)
-        channels = list(self.eval_set.channels)
-        scores = {method: downscaling_scores(fields[method], fields["truth"], self.lat, channels)
-                  for method in METHODS}
+        """Test scores (`scores`), and validation scores (`validation_scores`, scalars `val/...`) when
+        eval.validation_years is set; the example map is a test case."""
+        results: dict[str, Any] = {"scalars": {}}
+        if self.validation_set is not None:
+            results["validation_scores"], _ = self._scores(engine, self.validation_set)
+            results["scalars"].update(_flat_scalars(results["validation_scores"], prefix="val/"))
+        scores, fields = self._scores(engine, self.eval_set)
         self._example = {"sample": 0, **{name: fields[name][0].numpy() for name in ("coarse", "bicubic", "model",
                                                                                   "truth")},
                          "time": str(self.eval_set.times[int(fields["index"][0])])[:16]}
-        scalars = {f"{method}_{metric}/{channel}": value for method, table in scores.items()
-                   for channel, row in table.items() for metric, value in row.items()}
-        return {"scalars": scalars, "scores": scores, "samples": int(len(fields["truth"]))}
+        results["scalars"].update(_flat_scalars(scores))
+        return {**results, "scores": scores, "samples": int(len(fields["truth"]))}
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         run_dir = Path(run_dir)
         table = scores_table({(self.cfg.name if method == "model" else method): summary["scores"][method]
                               for method in METHODS})
-        print(table)
-        (run_dir / "downscale_scores.md").write_text(
-            f"Downscaling scores on {summary['samples']} held-out steps of {self.cfg.eval.years} "
-            f"(physical units, area-weighted), step {summary.get('step')}\n\n{table}\n")
+        text = (f"Downscaling scores on {summary['samples']} held-out test steps of {self.cfg.eval.years} "
+                f"(physical units, area-weighted), step {summary.get('step')}\n\n{table}\n")
+        if "validation_scores" in summary:
+            validation = scores_table({(self.cfg.name if method == "model" else method):
+                                       summary["validation_scores"][method] for method in METHODS})
+            text += (f"\nValidation years {self.cfg.eval.validation_years} (where steps and learning rate "
+                     f"are chosen)\n\n{validation}\n")
+        print(text)
+        (run_dir / "downscale_scores.md").write_text(text)
         if self._example:
             plot_downscale_maps(self._example, self.eval_set, run_dir / "downscale_maps.png")
         plot_loss_curve(run_dir)
@@ -139,7 +153,7 @@ class DownscaleTask(Task):
     def predictions(self, engine) -> xr.Dataset:
         """Model output on the fine grid for the evaluation steps: one (time, lat, lon) variable per
         channel in physical units with CF attributes."""
-        fields = self._predict_eval(engine)
+        fields = self._predict_eval(engine, self.eval_set)
         es = self.eval_set
         times = es.times[fields["index"].numpy()]
         data_vars = {c: (("time", "lat", "lon"), fields["model"][:, j].numpy().astype(np.float32), es.attrs[c])
@@ -150,6 +164,12 @@ class DownscaleTask(Task):
         return xr.Dataset(data_vars, coords=coords, attrs={
             "title": f"ORBIT downscaling x{es.scale} predictions ({self.cfg.name})",
             "source": f"orbit downscale task, model preset {self.cfg.model.preset}", "Conventions": "CF-1.8"})
+
+
+def _flat_scalars(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """{method: {channel: {metric: value}}} -> {"<prefix><method>_<metric>/<channel>": value} for the log."""
+    return {f"{prefix}{method}_{metric}/{channel}": value for method, table in scores.items()
+            for channel, row in table.items() for metric, value in row.items()}
 
 
 def bicubic_baseline(coarse: torch.Tensor, scale: int, channels: tuple[str, ...]) -> torch.Tensor:

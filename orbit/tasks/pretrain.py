@@ -22,7 +22,7 @@ from orbit.metrics.weather import lat_weighted_mse_loss
 from orbit.models.flops import forward_flops
 from orbit.models.registry import create_model, get_config
 from orbit.registry import register_task
-from orbit.tasks.sections import WEATHER_SECTIONS
+from orbit.tasks.sections import WEATHER_SECTIONS, check_disjoint_years, year_range
 from orbit.train.task import Task
 from orbit.tasks.forecast_eval import evaluate_skill, forecast_dataset, print_skill_table, write_skill_figures
 
@@ -46,21 +46,6 @@ def residual_scale(lead_hours: torch.Tensor) -> torch.Tensor:
     return (lead_hours / 6.0).sqrt()[:, None, None, None]
 
 
-def check_disjoint_years(periods: dict[str, list[int] | None]) -> None:
-    """Train, validation and test periods ([first, last] years; None = unused) must not overlap."""
-    named = [(name, set(_year_range(years))) for name, years in periods.items() if years]
-    for i, (name, years) in enumerate(named):
-        for other, other_years in named[i + 1:]:
-            if years & other_years:
-                raise ValueError(f"{name} {periods[name]} overlaps {other} {periods[other]} (years "
-                                 f"{sorted(years & other_years)}); train, validation and test years must be apart")
-
-
-def _year_range(years: list[int]) -> range:
-    """[first, last] inclusive, as the config writes it."""
-    return range(years[0], years[1] + 1)
-
-
 @register_task("pretrain", **WEATHER_SECTIONS)
 class PretrainTask(Task):
     """Forecast pretraining on the configured stores; evaluation on held-out years."""
@@ -72,7 +57,7 @@ class PretrainTask(Task):
                               "eval.years": ev.years})
         stores = store_paths(data.root, data.sources)
         open_years = lambda years, leads: ForecastDataset(  # noqa: E731
-            stores, channels=data.channels, years=_year_range(years), lead_hours=leads, in_memory=data.in_memory)
+            stores, channels=data.channels, years=year_range(years), lead_hours=leads, in_memory=data.in_memory)
         self.train_set = open_years(data.train_years, data.leads_hours)
         self.eval_set = open_years(ev.years, ev.leads_hours)
         self.validation_set = open_years(ev.validation_years, ev.leads_hours) if ev.validation_years else None

@@ -41,6 +41,21 @@ def _check_years(name: str, years: list[int]) -> None:
         raise ValueError(f"{name}={years} must be [first_year, last_year] with first <= last")
 
 
+def check_disjoint_years(periods: dict[str, list[int] | None]) -> None:
+    """Train, validation and test periods ([first, last] years; None = unused) must not overlap."""
+    named = [(name, set(year_range(years))) for name, years in periods.items() if years]
+    for i, (name, years) in enumerate(named):
+        for other, other_years in named[i + 1:]:
+            if years & other_years:
+                raise ValueError(f"{name} {periods[name]} overlaps {other} {periods[other]} (years "
+                                 f"{sorted(years & other_years)}); train, validation and test years must be apart")
+
+
+def year_range(years: list[int]) -> range:
+    """[first, last] inclusive, as the config writes it."""
+    return range(years[0], years[1] + 1)
+
+
 @dataclass
 class WeatherDataConfig(DataConfig):
     """Where the stores are, which channels and leads to train on, and how years are split."""

@@ -29,8 +29,8 @@ def pretrained_ckpt(toy_root, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def downscale_pairs(tmp_path_factory):
-    """A small downscaling store (16x32 -> 64x128, daily, 1990-1991; statistics from 1990)."""
+    """A small downscaling store (16x32 -> 64x128, daily, 1990-1992; statistics from 1990)."""
     path = tmp_path_factory.mktemp("downscale") / "pairs.zarr"
-    assert main(["data", "downscale", "--out", str(path), "--years", "1990", "1991", "--train-years", "1990", "1990",
+    assert main(["data", "downscale", "--out", str(path), "--years", "1990", "1992", "--train-years", "1990", "1990",
                  "--coarse-grid", "16x32", "--scale", "4", "--step-hours", "24"]) == 0
     return path
