@@ -43,4 +43,4 @@ test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 bench: setup
-	OMP_NUM_THREADS=2 $(PY) benchmarks/model_step.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/model_step.py
