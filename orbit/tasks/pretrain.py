@@ -91,7 +91,7 @@ class PretrainTask(Task):
         sun = [cos_solar_zenith(batch.time, lat, lon),
                cos_solar_zenith(lead_valid_time_ns(batch.time, batch.lead_hours), lat, lon)]
         x = torch.cat([batch.x, torch.stack(sun, dim=1).to(batch.x)], dim=1)
-        mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :len(sun)])], dim=1)
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.mask), len(sun))], dim=1)
         return x, None, batch.lead_hours, mask
 
     def target(self, batch) -> torch.Tensor:

@@ -242,3 +242,14 @@ def test_run_comparison_summarizes_skill_relative_to_climatology(tmp_path):
     assert "| pretrained | 0.875 | 0.875 | 1/2 | 0.375 | 1/1 |" in table
     assert "| scratch | - | 0.875 | 1/2 | 0.375 | 1/1 |" in table
     assert "| z500 | 168 h | 6 | 6 | 4 | 4 |" in table
+
+
+def test_one_channel_with_solar_forcing_masks_every_forcing_token(reanalysis_root):
+    """The mask covers the channels and both solar-forcing fields, whatever the channel count."""
+    task = make_task(reanalysis_root, "data.channels=[t850]", "options.score_channels=[t850]", "data.solar_forcing=true")
+    batch = next(iter(task.train_batches(0, 1)))
+    x, _, _, mask = task.model_inputs(batch)
+    assert x.shape[1] == mask.shape[1] == 1 + len(task.forcing_names) == 3
+    model = task.build_model().eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(*task.model_inputs(batch))).all()
