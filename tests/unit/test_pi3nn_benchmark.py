@@ -1,11 +1,13 @@
-"""The benchmark's pieces on tiny budgets: the OOD case, the suite table, the method list."""
+"""The benchmark's pieces on tiny budgets: PI3NN fitted through the one trainer, the OOD case, the suite
+table, the method list."""
 import json
 
 import numpy as np
 import pytest
 
-from orbit.plugins.pi3nn.benchmark import check_methods, format_suite, run_ood
-from orbit.plugins.pi3nn.data import cubic, split_rows
+from orbit.config import load_config
+from orbit.plugins.pi3nn.benchmark import check_methods, format_suite, run_benchmark, run_ood
+from orbit.plugins.pi3nn.data import cubic, heteroscedastic, split_rows
 from orbit.plugins.pi3nn.methods import METHODS, Budget
 
 
@@ -43,3 +45,24 @@ def test_unknown_methods_are_named():
     assert check_methods(None) == list(METHODS)
     with pytest.raises(ValueError, match="'magic'.*valid methods"):
         check_methods(["pi3nn", "magic"])
+
+
+def test_benchmark_fits_pi3nn_through_the_trainer_and_reuses_finished_runs(tmp_path):
+    x, y = heteroscedastic(300, seed=5, dims=2)
+    csv = tmp_path / "t.csv"
+    np.savetxt(csv, np.column_stack([x, y]), delimiter=",", header="x0,x1,y", comments="")
+    bench, budget = tmp_path / "bench", Budget(steps=20, hidden=8)
+    kwargs = dict(splits=1, methods=["pi3nn", "pi3nn_val"], budget=budget, log=lambda *_: None)
+    first = run_benchmark(csv, bench, **kwargs)
+    run = bench / "pi3nn" / "split0_seed0"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000060"]  # 3 phases of 20 steps
+    cfg = load_config(run / "config.yaml")
+    assert cfg.task == "pi3nn" and cfg.data.seed == 0 and cfg.options.bound_steps == cfg.train.max_steps == 20
+    # the benchmark's training-calibrated PI3NN is the run's own evaluation (same networks, same step 4)
+    own = json.loads((run / "summary.json").read_text())["scalars"]
+    assert first["methods"]["pi3nn"]["picp"]["mean"] == pytest.approx(own["test_picp"])
+    assert first["methods"]["pi3nn"]["rmse"]["mean"] == first["methods"]["pi3nn_val"]["rmse"]["mean"]
+    again = run_benchmark(csv, bench, **kwargs)  # a finished run of the same config is reused, not retrained
+    assert again["methods"] == {m: {**e, "wall_s": again["methods"][m]["wall_s"]} for m, e in first["methods"].items()}
+    with pytest.raises(FileExistsError, match="another config"):
+        run_benchmark(csv, bench, **{**kwargs, "budget": Budget(steps=21, hidden=8)})

@@ -24,7 +24,10 @@ import numpy as np
 
 from .data import Standardized, cubic, read_table, split_rows
 from .intervals import CALIBRATION_LEVELS, check_confidence, mpiw, picp
-from .methods import FITTERS, METHODS, Budget, SplitData, fit_ensemble, fit_mc_dropout, fit_pi3nn
+from .methods import FITTERS, METHODS, Budget, Fitted, SplitData, fit_ensemble, fit_mc_dropout
+from .trained import calibrator, outputs, train_run
+
+PI3NN_VARIANTS = {"pi3nn": "train", "pi3nn_val": "val"}  # method -> rows of step 4
 
 UCI_SETS = ("boston", "concrete", "energy", "kin8nm", "wine", "yacht")
 DEFAULT_UCI_ROOT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "uci"
@@ -32,7 +35,7 @@ DEFAULT_UCI_ROOT = Path(__file__).resolve().parents[3].parent / "shared" / "data
 
 def check_methods(methods) -> list[str]:
     methods = list(methods or METHODS)
-    unknown = [m for m in methods if m not in FITTERS]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; valid methods: {list(METHODS)}")
     return methods
@@ -41,6 +44,17 @@ def check_methods(methods) -> list[str]:
 def _split_data(table: Standardized, split) -> SplitData:
     return SplitData(table.xn[split.train], table.yn[split.train], table.xn[split.val], table.yn[split.val],
                      table.xn[split.test])
+
+
+def pi3nn_fits(task, model, x_test: np.ndarray, train_wall: float) -> dict[str, tuple[Fitted, float]]:
+    """Both step-4 variants of one trained PI3NN, each with the training wall time (shared networks)."""
+    test = outputs(model, x_test)
+    fits = {}
+    for method, rows in PI3NN_VARIANTS.items():
+        cal = calibrator(task, model, rows)
+        fits[method] = (Fitted(lambda g, cal=cal: cal.bounds(test[:, 0], test[:, 1], test[:, 2], g), test[:, 0],
+                               extra={"calibrator": cal, "outputs": test}), train_wall)
+    return fits
 
 
 def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95, splits: int = 5, seeds: int = 1,
@@ -62,11 +76,21 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
         data = _split_data(table, split)
         y_test = y[split.test]
         for k in range(seeds):
+            seed = 1000 * s + k
+            fits = {}
+            if any(m in PI3NN_VARIANTS for m in methods):
+                start = time.perf_counter()
+                overrides = [f"data.csv={Path(csv).resolve()}", f"data.seed={s}", f"train.seed={seed}",
+                             f"options.confidence={gamma}", *budget.pi3nn_overrides()]
+                task, model = train_run(run_dir / "pi3nn" / f"split{s}_seed{k}", overrides)
+                if not np.array_equal(task.split.test, split.test):
+                    raise RuntimeError("the PI3NN run's test rows differ from the benchmark's split")
+                fits.update(pi3nn_fits(task, model, data.x_test, time.perf_counter() - start))
             for method in methods:
                 start = time.perf_counter()
-                fitted = FITTERS[method](data, budget, 1000 * s + k)
+                fitted, wall = fits[method] if method in fits else (FITTERS[method](data, budget, seed), 0.0)
                 lower, upper = (a * table.y_std + table.y_mean for a in fitted.interval(gamma))
-                wall = time.perf_counter() - start
+                wall += time.perf_counter() - start
                 row = {"method": method, "split": s, "seed": k, "picp": picp(y_test, lower, upper),
                        "mpiw": mpiw(lower, upper, y_range), "wall_s": wall,
                        "rmse": float(np.sqrt(np.mean((fitted.mean * table.y_std + table.y_mean - y_test) ** 2)))}
@@ -177,35 +201,37 @@ def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_tra
     budget = budget or Budget()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fits = {"pi3nn (OOD init)": lambda d, b, s: fit_pi3nn(d, b, s, ood_init=True),
-            "pi3nn (no OOD init)": lambda d, b, s: fit_pi3nn(d, b, s, ood_init=False),
-            "ensemble": fit_ensemble, "mc_dropout": fit_mc_dropout}
+    pi3nn = {"pi3nn (OOD init)": True, "pi3nn (no OOD init)": False}
+    baselines = {"ensemble": fit_ensemble, "mc_dropout": fit_mc_dropout}
+    n_rows = int(round(n_train / 0.81))  # the task's 10% test (unused here), then 10% validation: ~n_train training rows
     rows, distance_plot = [], {}
     for k in range(seeds):
-        x, y = cubic(n_train + n_train // 9, seed=k)
+        x, y = cubic(n_rows, seed=k)
         xi, yi = cubic(n_test, seed=1000 + k)
         xo, yo = cubic(n_test, seed=2000 + k, shift=shift)
-        train_rows, val_rows = np.arange(n_train), np.arange(n_train, len(y))
-        table = Standardized(x, y, train_rows)
-        data = SplitData(table.xn[train_rows], table.yn[train_rows], table.xn[val_rows], table.yn[val_rows],
+        split = split_rows(n_rows, 0.1, 0.1, seed=k)
+        table = Standardized(x, y, split.train)
+        data = SplitData(table.xn[split.train], table.yn[split.train], table.xn[split.val], table.yn[split.val],
                          np.concatenate([table.scale_x(xi), table.scale_x(xo)]))
-        for name, fit in fits.items():
+        for name in [*pi3nn, *baselines]:
             start = time.perf_counter()
-            fitted = fit(data, budget, 1000 + k)
-            lower, upper = fitted.interval(gamma)
-            width = (upper - lower) * table.y_std
-            inside = (np.concatenate([yi, yo]) >= lower * table.y_std + table.y_mean) & \
-                (np.concatenate([yi, yo]) <= upper * table.y_std + table.y_mean)
-            w_id, w_ood = width[:n_test], width[n_test:]
-            if fitted.extra and "calibrator" in fitted.extra:
-                cal, model = fitted.extra["calibrator"], fitted.extra["model"]
-                import torch
-
-                with torch.no_grad():
-                    out = model(torch.from_numpy(data.x_test)).numpy().astype(np.float64)
+            if name in pi3nn:
+                overrides = ["data.synthetic=cubic", f"data.n_samples={n_rows}", f"data.seed={k}",
+                             f"train.seed={1000 + k}", f"model.ood_init={str(pi3nn[name]).lower()}",
+                             f"options.confidence={gamma}", *budget.pi3nn_overrides()]
+                task, model = train_run(run_dir / "pi3nn" / f"{'ood' if pi3nn[name] else 'plain'}_seed{k}", overrides)
+                fitted = pi3nn_fits(task, model, data.x_test, 0.0)["pi3nn"][0]
+                cal, out = fitted.extra["calibrator"], fitted.extra["outputs"]
                 score = cal.confidence_score(out[:, 1], out[:, 2], gamma)
             else:
-                score = np.minimum(w_id.mean() / width, 1.0)
+                fitted = baselines[name](data, budget, 1000 + k)
+            lower, upper = fitted.interval(gamma)
+            width = (upper - lower) * table.y_std
+            if name not in pi3nn:
+                score = np.minimum(width[:n_test].mean() / width, 1.0)
+            truth = np.concatenate([yi, yo])
+            inside = (truth >= lower * table.y_std + table.y_mean) & (truth <= upper * table.y_std + table.y_mean)
+            w_id, w_ood = width[:n_test], width[n_test:]
             rows.append({"method": name, "seed": k, "width_id": float(w_id.mean()), "width_ood": float(w_ood.mean()),
                          "ratio": float(w_ood.mean() / w_id.mean()), "score_id": float(score[:n_test].mean()),
                          "score_ood": float(score[n_test:].mean()), "picp_id": float(inside[:n_test].mean()),
@@ -217,7 +243,7 @@ def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_tra
                 distance_plot[name] = (dist, width)
     summary = {"confidence": gamma, "seeds": seeds, "n_train": n_train, "shift": shift, "budget": budget.__dict__,
                "methods": {}}
-    for name in fits:
+    for name in [*pi3nn, *baselines]:
         rs = [r for r in rows if r["method"] == name]
         summary["methods"][name] = {key: {"mean": float(np.mean([r[key] for r in rs])),
                                           "std": float(np.std([r[key] for r in rs]))}

@@ -2,15 +2,15 @@
 small budget (`Budget`: hidden width, optimizer steps per network, batch size, learning rate; every
 neural network keeps its best state by the validation loss, checked every `Budget.check_every` steps).
 
-Each `fit_<method>(data, budget, seed)` returns a `Fitted` whose `interval(gamma)` gives (lower, upper)
-on the test inputs (standardised units) for any gamma it supports without retraining:
+Each baseline's `fit_<method>(data, budget, seed)` returns a `Fitted` whose `interval(gamma)` gives
+(lower, upper) on the test inputs (standardised units) for any gamma it supports without retraining.
+PI3NN is not fitted here: the benchmark trains it through the one trainer (`trained.py`), as
+`orbit train` does, and reports two step-4 variants of the same three networks:
 
-- pi3nn     PI3NN (this plug-in): the three networks of `model.PI3NN`, step 4 on the training rows
-            (the paper). u, l = sqrt(z^2 + 0.01) >= 0.1: without a floor the ratio (y - f) / u explodes
-            where z crosses zero and one such point sets alpha for every input. u and l train at lr 1e-2
-            so that their output bias comes down from the OOD initialisation (10) within the budget.
-- pi3nn_val the same networks with step 4 on the validation rows: residuals the mean network did not
-            see, so alpha, beta are not fitted to its optimism on the training rows.
+- pi3nn     alpha, beta by bisection on the training rows (the paper);
+- pi3nn_val alpha, beta on the validation rows: residuals the mean network did not see.
+
+The baselines:
 - ensemble  deep ensemble (Lakshminarayanan et al. 2017): 5 MLPs with a Gaussian likelihood (mean and
             variance heads), the mixture's mean and variance, mean +- z sd.
 - mc_dropout MC dropout (Gal & Ghahramani 2016) with a heteroscedastic Gaussian head (Kendall & Gal
@@ -28,7 +28,6 @@ on the test inputs (standardised units) for any gamma it supports without retrai
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -38,8 +37,7 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from .intervals import IntervalCalibrator
-from .model import PI3NN, PI3NNConfig, mlp
+from .model import mlp
 
 METHODS = ("pi3nn", "pi3nn_val", "ensemble", "mc_dropout", "gp", "bnn", "conformal", "cqr")
 
@@ -54,14 +52,13 @@ class Budget:
     ensemble_members: int = 5
     mc_samples: int = 100
     gp_max_rows: int = 1500
-    ood_init: bool = True
-    ood_bias: float = 10.0
-    bound_lr: float | None = 1e-2  # PI3NN's u and l networks (their output bias must come down from ood_bias)
-    bound_steps: int | None = None  # None: steps
-    bound_eps: float = 1e-2  # u = sqrt(z^2 + eps) >= 0.1 (standardised units)
-    activation: str = "relu"
-    calibrate_on: str = "train"
-    confidence: float = 0.95  # the gamma CQR's quantile models are trained for  # PI3NN step 4 on the training rows (the paper) or "val" (held-out residuals)
+    confidence: float = 0.95  # the gamma CQR's quantile models are trained for
+
+    def pi3nn_overrides(self) -> list[str]:
+        """The same budget for PI3NN's trainer runs (the rest of its settings: configs/plugins/pi3nn/benchmark.yaml)."""
+        h, n = self.hidden, self.steps
+        return [f"model.hidden=[{h},{h}]", f"train.max_steps={n}", f"options.bound_steps={n}", f"train.ckpt_every={n}",
+                f"data.batch_size={self.batch_size}", f"train.lr={self.lr}"]
 
 
 @dataclass
@@ -119,44 +116,6 @@ def train(params, loss_fn, x: np.ndarray, y: np.ndarray, val_loss_fn, budget: Bu
     for m in modules:
         m.eval()
     return best
-
-
-# ----------------------------------------------------------------------------- PI3NN
-def fit_pi3nn(data: SplitData, budget: Budget, seed: int, ood_init: bool | None = None) -> Fitted:
-    torch.manual_seed(seed)
-    model = PI3NN(PI3NNConfig(data.x_train.shape[1], [budget.hidden, budget.hidden], activation=budget.activation,
-                              ood_init=budget.ood_init if ood_init is None else ood_init, ood_bias=budget.ood_bias,
-                              eps=budget.bound_eps))
-    xv, yv = _t(data.x_val), _t(data.y_val)
-    mse = lambda xb, yb: ((model.mean(xb)[:, 0] - yb) ** 2).mean()  # noqa: E731
-    train(model.mean.parameters(), mse, data.x_train, data.y_train, lambda: mse(xv, yv), budget, seed, [model.mean])
-    with torch.no_grad():
-        f_train = model.mean(_t(data.x_train))[:, 0].numpy()
-        f_val = model.mean(xv)[:, 0].numpy()
-    scale = 1.0  # u and l learn the residuals in standardised units, as the task does
-    for k, (net, sign) in enumerate(((model.upper, 1.0), (model.lower, -1.0))):
-        r_train, r_val = sign * (data.y_train - f_train) / scale, sign * (data.y_val - f_val) / scale
-
-        def side(xb, rb, net=net):
-            mask = (rb >= 0).float()
-            out = model.positive(net(xb)[:, 0])
-            return (mask * (out - rb) ** 2).sum() / mask.sum().clamp(min=1.0)
-
-        rv = _t(r_val)
-        train(net.parameters(), side, data.x_train, r_train, lambda: side(xv, rv), budget, seed + 1 + k, [net],
-              steps=budget.bound_steps, lr=budget.bound_lr)
-    if budget.calibrate_on not in ("train", "val"):
-        raise ValueError(f"calibrate_on={budget.calibrate_on!r} must be 'train' or 'val'")
-    x_cal, y_cal = (data.x_train, data.y_train) if budget.calibrate_on == "train" else (data.x_val, data.y_val)
-    with torch.no_grad():
-        tr = model(_t(x_cal)).numpy().astype(np.float64)
-        te = model(_t(data.x_test)).numpy().astype(np.float64)
-    cal = IntervalCalibrator(y_cal, tr[:, 0], tr[:, 1], tr[:, 2])
-
-    def interval(gamma):
-        return cal.bounds(te[:, 0], te[:, 1], te[:, 2], gamma)
-
-    return Fitted(interval, te[:, 0], extra={"model": model, "calibrator": cal})
 
 
 # ----------------------------------------------------------------------------- Gaussian heads
@@ -386,10 +345,5 @@ def fit_cqr(data: SplitData, budget: Budget, seed: int) -> Fitted:
     return Fitted(interval, np.asarray(pred, dtype=np.float64), any_gamma=False)
 
 
-def fit_pi3nn_val(data: SplitData, budget: Budget, seed: int) -> Fitted:
-    """PI3NN with step 4 on the held-out validation rows instead of the training rows."""
-    return fit_pi3nn(data, dataclasses.replace(budget, calibrate_on="val"), seed)
-
-
-FITTERS = {"pi3nn": fit_pi3nn, "pi3nn_val": fit_pi3nn_val, "ensemble": fit_ensemble, "mc_dropout": fit_mc_dropout, "gp": fit_gp,
+FITTERS = {"ensemble": fit_ensemble, "mc_dropout": fit_mc_dropout, "gp": fit_gp,
            "bnn": fit_bnn, "conformal": fit_conformal, "cqr": fit_cqr}
