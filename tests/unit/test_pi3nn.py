@@ -138,16 +138,6 @@ def test_confidence_outside_the_open_unit_interval_is_refused(gamma):
         load_config(TINY, [f"options.confidence={gamma}"])
 
 
-def test_mean_weight_decay_applies_to_the_mean_phase_only_and_must_be_non_negative():
-    from orbit.registry import build_task
-
-    cfg = load_config(TINY, ["options.mean_weight_decay=0.5", "data.n_samples=100"])
-    phases = build_task(cfg).phases(cfg.train)
-    assert [(p.name, p.weight_decay) for p in phases] == [("mean", 0.5), ("upper", None), ("lower", None)]
-    with pytest.raises(ValueError, match="mean_weight_decay=-1"):
-        load_config(TINY, ["options.mean_weight_decay=-1"])
-
-
 def test_calibration_set_must_be_train_or_val():
     with pytest.raises(ValueError, match="'test'.*'train'.*'val'"):
         load_config(TINY, ["options.calibrate_on=test"])

@@ -75,7 +75,6 @@ class PI3NNOptions:
     confidence: float = 0.95  # gamma of the reported intervals; any other gamma needs no retraining
     bound_steps: int = 0  # steps of the upper and of the lower phase; 0: train.max_steps
     bound_lr: float | None = None  # None: train.lr
-    mean_weight_decay: float | None = None  # of f only (None: train.weight_decay): keeps f's training residuals honest
     calibration_levels: list[float] = field(default_factory=lambda: list(CALIBRATION_LEVELS))
     calibrate_on: str = "train"  # step 4 on the training rows (the paper) or "val" (residuals f did not see)
 
@@ -85,8 +84,6 @@ class PI3NNOptions:
             raise ValueError(f"options.calibrate_on={self.calibrate_on!r} must be 'train' (the paper) or 'val'")
         for gamma in self.calibration_levels:
             check_confidence(gamma, "options.calibration_levels entry")
-        if self.mean_weight_decay is not None and self.mean_weight_decay < 0:
-            raise ValueError(f"options.mean_weight_decay={self.mean_weight_decay} must be >= 0")
         if self.bound_steps < 0:
             raise ValueError(f"options.bound_steps={self.bound_steps} must be >= 0 (0: train.max_steps)")
 
@@ -150,7 +147,7 @@ class PI3NNTask(Task):
     def phases(self, train_cfg) -> list[Phase]:
         o = self.options
         bound = o.bound_steps or train_cfg.max_steps
-        return [Phase("mean", train_cfg.max_steps, ("mean",), weight_decay=o.mean_weight_decay, loss=mean_loss),
+        return [Phase("mean", train_cfg.max_steps, ("mean",), loss=mean_loss),
                 Phase("upper", bound, ("upper",), lr=o.bound_lr, loss=upper_loss),
                 Phase("lower", bound, ("lower",), lr=o.bound_lr, loss=lower_loss)]
 
