@@ -7,7 +7,6 @@ training rows (the paper) or on the validation rows.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,14 @@ BENCHMARK_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "plugins" /
 def train_run(run_dir: Path, overrides: list[str]):
     """(task, model in eval mode) of the finished run in `run_dir`, training it first unless a run of
     exactly this config already finished there."""
-    cfg = load_config(BENCHMARK_CONFIG, overrides)
-    summary = Path(run_dir) / "summary.json"
-    done = summary.is_file() and json.loads(summary.read_text()).get("config_hash") == cfg.hash()
-    if not done:
-        if summary.is_file():
-            raise FileExistsError(f"{str(run_dir)!r} holds a finished PI3NN run of another config; give the benchmark "
-                                  f"a fresh --run-dir")
-        run_training(cfg, Path(run_dir), resume="auto")
-    return load_trained(cfg, find_checkpoint(Path(run_dir), None))
+    cfg, run_dir = load_config(BENCHMARK_CONFIG, overrides), Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and load_config(saved).hash() != cfg.hash():
+        raise FileExistsError(f"{str(run_dir)!r} holds a PI3NN run of another config; give the benchmark a fresh "
+                              f"--run-dir")
+    if not (run_dir / "summary.json").is_file():  # not finished: train, or resume from the newest checkpoint
+        run_training(cfg, run_dir, resume="auto")
+    return load_trained(cfg, find_checkpoint(run_dir, None))
 
 
 def outputs(model, xn: np.ndarray) -> np.ndarray:
