@@ -7,6 +7,9 @@ with the training part's statistics only; for seed k = 0..K-1 every method is fi
 1000 s + k. Scores on the test rows, in y's units: PICP (fraction inside) and MPIW (mean width / range
 of y over the whole table), mean and std over the S*K fits, and the wall time of each fit.
 
+PI3NN is trained through the one trainer (`trained.py`): a run of task "pi3nn" per split and seed in
+`pi3nn/split<S>_seed<K>/`, on the same rows (checked), reused or resumed when the benchmark is relaunched.
+
 Outputs in the run directory: `summary.json` (per method: picp / mpiw mean and std, wall time, the
 test calibration curve where the method answers any gamma), `runs.json` (every fit), `table.md`,
 `calibration.png`. `--suite uci` does that for the six shared UCI tables (one directory each) and
@@ -46,6 +49,11 @@ def _split_data(table: Standardized, split) -> SplitData:
                      table.xn[split.test])
 
 
+def _check_same_rows(task, split) -> None:
+    if not all(np.array_equal(getattr(task.split, part), getattr(split, part)) for part in ("train", "val", "test")):
+        raise RuntimeError("the PI3NN run's train / validation / test rows differ from the benchmark's split")
+
+
 def pi3nn_fits(task, model, x_test: np.ndarray, train_wall: float) -> dict[str, tuple[Fitted, float]]:
     """Both step-4 variants of one trained PI3NN, each with the training wall time (shared networks)."""
     test = outputs(model, x_test)
@@ -83,8 +91,7 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
                 overrides = [f"data.csv={Path(csv).resolve()}", f"data.seed={s}", f"train.seed={seed}",
                              f"options.confidence={gamma}", *budget.pi3nn_overrides()]
                 task, model = train_run(run_dir / "pi3nn" / f"split{s}_seed{k}", overrides)
-                if not np.array_equal(task.split.test, split.test):
-                    raise RuntimeError("the PI3NN run's test rows differ from the benchmark's split")
+                _check_same_rows(task, split)
                 fits.update(pi3nn_fits(task, model, data.x_test, time.perf_counter() - start))
             for method in methods:
                 start = time.perf_counter()
@@ -220,6 +227,7 @@ def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_tra
                              f"train.seed={1000 + k}", f"model.ood_init={str(pi3nn[name]).lower()}",
                              f"options.confidence={gamma}", *budget.pi3nn_overrides()]
                 task, model = train_run(run_dir / "pi3nn" / f"{'ood' if pi3nn[name] else 'plain'}_seed{k}", overrides)
+                _check_same_rows(task, split)
                 fitted = pi3nn_fits(task, model, data.x_test, 0.0)["pi3nn"][0]
                 cal, out = fitted.extra["calibrator"], fitted.extra["outputs"]
                 score = cal.confidence_score(out[:, 1], out[:, 2], gamma)
