@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from orbit.cli import main
+from orbit.cli import main, parse_args
 
 CONFIG = "configs/pretrain/tiny.yaml"
 
@@ -111,3 +111,13 @@ def test_console_script_and_module_entry_points():
     script = subprocess.run([str(__import__("pathlib").Path(sys.executable).with_name("orbit")), "--help"],
                             capture_output=True, text=True, check=True)
     assert "pretrain" in script.stdout
+
+
+def test_overrides_may_follow_options_anywhere_on_the_line():
+    args = parse_args(["finetune", "--config", "c.yaml", "finetune.replace=[]", "--run-dir", "r", "train.lr=3e-3",
+                       "--init", "ck", "train.max_steps=2"])
+    assert args.overrides == ["finetune.replace=[]", "train.lr=3e-3", "train.max_steps=2"] and args.init == "ck"
+    with pytest.raises(SystemExit):
+        parse_args(["finetune", "--config", "c.yaml", "--run-dir", "r", "--bogus", "x"])
+    with pytest.raises(SystemExit):
+        parse_args(["data", "synth", "--root", "r", "stray=1"])  # no overrides there
