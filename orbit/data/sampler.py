@@ -24,6 +24,7 @@ resume (elastic restart) as long as the global batch size stays the same.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -120,7 +121,7 @@ class ShardedSampler:
                                                       int(state["seed"]))
 
 
-class SampledBatches:
+class SampledBatches(ABC):
     """Endless, resumable batches for one data rank of `length` in-memory samples: `batch(positions)`
     builds the batch of the sampler's positions. `drop_last=False` wraps the last global batch, so
     every sample is seen each epoch and the ranks' batches concatenate to the one-process batch."""
@@ -129,8 +130,9 @@ class SampledBatches:
         self.sampler = ShardedSampler(length, batch_size, seed=seed, rank=rank, world_size=world_size,
                                       drop_last=False)
 
+    @abstractmethod
     def batch(self, positions: np.ndarray):
-        raise NotImplementedError
+        """The batch of the samples at `positions` (what the subclass's model consumes)."""
 
     def __iter__(self):
         for positions in self.sampler:
