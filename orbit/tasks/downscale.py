@@ -135,15 +135,13 @@ class DownscaleTask(Task):
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         run_dir = Path(run_dir)
-        table = scores_table({(self.cfg.name if method == "model" else method): summary["scores"][method]
-                              for method in METHODS})
+        table = lambda scores: scores_table({(self.cfg.name if m == "model" else m): scores[m]  # noqa: E731
+                                             for m in METHODS})
         text = (f"Downscaling scores on {summary['samples']} held-out test steps of {self.cfg.eval.years} "
-                f"(physical units, area-weighted), step {summary.get('step')}\n\n{table}\n")
+                f"(physical units, area-weighted), step {summary.get('step')}\n\n{table(summary['scores'])}\n")
         if "validation_scores" in summary:
-            validation = scores_table({(self.cfg.name if method == "model" else method):
-                                       summary["validation_scores"][method] for method in METHODS})
             text += (f"\nValidation years {self.cfg.eval.validation_years} (where steps and learning rate "
-                     f"are chosen)\n\n{validation}\n")
+                     f"are chosen)\n\n{table(summary['validation_scores'])}\n")
         print(text)
         (run_dir / "downscale_scores.md").write_text(text)
         if self._example:
