@@ -53,13 +53,16 @@ def _clean(value: float) -> float | None:
 
 
 def score_split(family: str, p: dict[str, np.ndarray], data: BasinSet, train_days: tuple[int, int],
-                train_rows: np.ndarray, gauged: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(median over basins {forecaster: {metric: [per lead]}}, {forecaster: {basin: {metric: [per lead]}}})."""
+                train_rows: np.ndarray, gauged: bool, references: dict[str, np.ndarray] | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(median over basins {forecaster: {metric: [per lead]}}, {forecaster: {basin: {metric: [per lead]}}});
+    `references`: further forecasts shaped as p["pred"] scored alike (the calibrated conceptual model)."""
     horizon = p["pred"].shape[-1]
     forecasts = {family: p["pred"],
                  "climatology": climatology(data, train_days, train_rows, p["rows"], p["t0"], horizon, gauged)}
     if gauged:
         forecasts["persistence"] = persistence(data, p["rows"], p["t0"], horizon)
+    forecasts.update(references or {})
     median, per_basin = {}, {}
     for name, forecast in forecasts.items():
         table = {data.basins[r]: {} for r in p["rows"]}

@@ -83,17 +83,31 @@ def weather(static: np.ndarray, dates: np.ndarray, warming: float, rng: np.rando
     return np.stack([prcp, tmax, tmin, srad, vp, rng.normal(size=(n, t))], axis=-1)
 
 
-def runoff(static: np.ndarray, drivers: np.ndarray) -> dict[str, np.ndarray]:
-    """{"flow", "melt", "soil"} (N, T) of the conceptual model (see the module docstring), no noise."""
-    n, t, _ = drivers.shape
+def attribute_parameters(static: np.ndarray) -> dict[str, np.ndarray]:
+    """The generator's model parameters (N,) from the static attributes (see the module docstring);
+    the snow threshold ``tt`` = 0 degC and the ET limit ``lp`` = 0.7 are the same for every basin."""
     soil_depth, forest, slope, perm, area = (static[:, i] for i in (3, 4, 5, 6, 7))
-    fc, beta = 80 + 200 * soil_depth, 1.5 + 2 * static[:, 2]
-    ddf, phi = 2.5 + 1.5 * (1 - forest), 0.3 + 0.5 * (1 - perm)
-    k1, k2 = 0.15 + 0.02 * slope, 0.01 + 0.04 * (1 - perm)
+    return {"fc": 80 + 200 * soil_depth, "beta": 1.5 + 2 * static[:, 2], "lp": np.full(len(static), 0.7),
+            "ddf": 2.5 + 1.5 * (1 - forest), "tt": np.zeros(len(static)), "phi": 0.3 + 0.5 * (1 - perm),
+            "k1": 0.15 + 0.02 * slope, "k2": 0.01 + 0.04 * (1 - perm), "maxbas": 1 + area / 1000}
+
+
+def model_forcing(drivers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precipitation, mean temperature, Hargreaves PET) (N, T) from drivers (N, T, >=4) whose first
+    four columns are prcp (mm/day), tmax, tmin (degC) and srad (W/m^2)."""
     prcp, tmax, tmin, srad = (drivers[..., i] for i in range(4))
     temp = (tmax + tmin) / 2
-    pet = np.clip(0.0135 * (temp + 17.8) * srad * 0.0864 / 2.45, 0, None)
-    snow_frac = np.clip((1 - temp) / 2, 0, 1)
+    return prcp, temp, np.clip(0.0135 * (temp + 17.8) * srad * 0.0864 / 2.45, 0, None)
+
+
+def simulate(params: dict[str, np.ndarray], prcp: np.ndarray, temp: np.ndarray, pet: np.ndarray
+             ) -> dict[str, np.ndarray]:
+    """{"flow", "melt", "soil"} (M, T) of the conceptual model (module docstring) for M parameter sets
+    `params` {name: (M,)} (names as `attribute_parameters`); forcing (M, T), or (1, T) shared by all
+    M sets, which is how a calibration runs a whole population of candidates in one pass."""
+    fc, beta, lp, ddf, tt, phi, k1, k2 = (params[k] for k in ("fc", "beta", "lp", "ddf", "tt", "phi", "k1", "k2"))
+    n, t = len(fc), prcp.shape[1]
+    snow_frac = np.clip((tt[:, None] + 1 - temp) / 2, 0, 1)
     swe, sm, s1, s2 = np.zeros(n), 0.5 * fc, np.zeros(n), 50.0 * np.ones(n)
     q, melt_out, sm_out = np.zeros((n, t)), np.zeros((n, t)), np.zeros((n, t))
     for i in range(t):
@@ -103,14 +117,19 @@ def runoff(static: np.ndarray, drivers: np.ndarray) -> dict[str, np.ndarray]:
         w = (1 - snow_frac[:, i]) * prcp[:, i] + melt
         r = w * (sm / fc) ** beta
         sm = sm + w - r
-        sm = sm - np.minimum(pet[:, i] * np.minimum(sm / (0.7 * fc), 1), sm)
+        sm = sm - np.minimum(pet[:, i] * np.minimum(sm / (lp * fc), 1), sm)
         spill = np.maximum(sm - fc, 0)
         sm, r = sm - spill, r + spill
         s1, s2 = s1 + phi * r, s2 + (1 - phi) * r
         q1, q2 = k1 * s1, k2 * s2
         s1, s2 = s1 - q1, s2 - q2
         q[:, i], melt_out[:, i], sm_out[:, i] = q1 + q2, melt, sm / fc
-    return {"flow": route(q, 1 + area / 1000), "melt": melt_out, "soil": sm_out}
+    return {"flow": route(q, params["maxbas"]), "melt": melt_out, "soil": sm_out}
+
+
+def runoff(static: np.ndarray, drivers: np.ndarray) -> dict[str, np.ndarray]:
+    """{"flow", "melt", "soil"} (N, T) of the conceptual model with the attribute-derived parameters, no noise."""
+    return simulate(attribute_parameters(static), *model_forcing(drivers))
 
 
 def route(q: np.ndarray, maxbas: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from orbit.train.task import Phase, Task
 from . import intervals, report
 from .basins import BasinSet, check_periods, parse_period
 from .camels import read_camels_us
+from .conceptual import check_drivers, check_settings, conceptual_baseline
 from .models import FAMILIES, GeoLSTM, Sizes, TemporalSequenceTransformer
 from .scoring import climatology, score_split
 from .synthetic import synthetic_basins
@@ -111,6 +112,20 @@ class StreamflowDataConfig(DataConfig):
 class StreamflowEvalConfig(EvalConfig):
     batch_size: int = 1024
     max_basins: int = 0  # score at most this many basins per split (evenly spaced); 0 = all
+    # the process-based baseline (conceptual.py): the conceptual model calibrated per basin on the
+    # training period (differential evolution, `conceptual_generations` x `conceptual_popsize` x 9 runs
+    # at most per basin; objective "nse" or "kge"; the first `conceptual_spinup` days of the record
+    # are not scored); ungauged basins take the nearest training basin's parameters. Simulation only
+    # (horizon 1); its data need the drivers prcp, tmax, tmin, srad
+    conceptual_baseline: bool = False
+    conceptual_objective: str = "nse"
+    conceptual_generations: int = 40
+    conceptual_popsize: int = 10
+    conceptual_spinup: int = 365
+
+    def validate(self) -> None:
+        check_settings(self.conceptual_objective, self.conceptual_generations, self.conceptual_popsize,
+                       self.conceptual_spinup)
 
 
 @dataclass
@@ -169,7 +184,13 @@ class StreamflowTask(Task):
             raise ValueError(f"no training sample: no basin has {d.horizon} observed day(s) of flow in a row in the "
                              f"training period {d.train_period}")
         self.sizes = Sizes(len(self.data.driver_names), len(self.data.static_names), d.seq_len, d.horizon)
+        if cfg.eval.conceptual_baseline and d.horizon != 1:
+            raise ValueError(f"eval.conceptual_baseline simulates flow from observed drivers, a baseline for "
+                             f"simulation (horizon 1); got data.horizon={d.horizon}: set it false for forecasts")
+        if cfg.eval.conceptual_baseline:
+            check_drivers(self.data.driver_names)
         self.scores: dict[str, Any] = {}
+        self.conceptual: tuple[dict[int, np.ndarray], dict[str, Any]] | None = None
 
     def _network(self, hidden: int) -> nn.Module:
         m = self.cfg.model
@@ -255,13 +276,30 @@ class StreamflowTask(Task):
             scores[split] = intervals.interval_scores(p["obs"], p["pred"], p["lower"], p["upper"], years)
         return scores
 
+    def conceptual_flow(self) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+        """The calibrated conceptual model's flow over the record for every scored basin, computed once
+        per run (it depends on the training data only): ({row: (T,)}, its summary)."""
+        if self.conceptual is None:
+            e = self.cfg.eval
+            rows = np.union1d(self.eval_rows("val"), self.eval_rows("test"))
+            self.conceptual = conceptual_baseline(self.data, self.days["train"], self.rows["train"], rows,
+                                                  self.cfg.data.split == "temporal", e.conceptual_objective,
+                                                  e.conceptual_generations, e.conceptual_popsize,
+                                                  e.conceptual_spinup, self.cfg.data.seed)
+        return self.conceptual
+
     def evaluate(self, engine, step: int) -> dict[str, Any]:
         out: dict[str, Any] = {"scalars": {}, "median": {}, "per_basin": {}}
         for split in ("val", "test"):
             p = self.predict(engine, split)
             self.scores[split] = p
+            references = {}
+            if self.cfg.eval.conceptual_baseline:
+                sims, out["conceptual"] = self.conceptual_flow()
+                p["conceptual"] = np.stack([sims[r][p["t0"] + 1] for r in p["rows"]])[..., None]
+                references["conceptual"] = p["conceptual"]
             median, per_basin = score_split(self.cfg.model.family, p, self.data, self.days["train"], self.rows["train"],
-                                            gauged=self.cfg.data.split == "temporal")
+                                            gauged=self.cfg.data.split == "temporal", references=references)
             out["median"][split], out["per_basin"][split] = median, per_basin
             for model, metrics in median.items():
                 prefix = f"{split}_" if model == self.cfg.model.family else f"{model}_{split}_"
@@ -299,6 +337,7 @@ class StreamflowTask(Task):
         return xr.Dataset(
             {"q_pred": (dims, p["pred"]), "q_obs": (dims, p["obs"]), "q_persistence": (dims, persistence),
              "q_climatology": (dims, clim),
+             **({"q_conceptual": (dims, p["conceptual"])} if "conceptual" in p else {}),
              **({"q_lower": (dims, p["lower"]), "q_upper": (dims, p["upper"])} if "lower" in p else {})},
             coords={"basin": [self.data.basins[i] for i in p["rows"]], "time": self.data.dates[p["t0"]],
                     "lead": np.arange(1, self.cfg.data.horizon + 1)},
