@@ -60,6 +60,8 @@ class TrainConfig:
     nonfinite: str = "stop"
     max_skipped_steps: int = 10
     peak_tflops: float = 0.0  # the device's stated peak for MFU (e.g. 191.5 for an MI250X GCD in bf16); 0: none
+    select_best: str | None = None  # evaluation scalar to select on ("{phase}": the phase's name); None: last state
+    select_mode: str = "min"  # min or max of select_best
 
 
 @dataclass
@@ -182,6 +184,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.peak_tflops={t.peak_tflops} must be >= 0 (0: MFU not reported)")
     if t.nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(f"train.nonfinite={t.nonfinite!r} is not valid; use one of {list(NONFINITE_POLICIES)}")
+    if t.select_mode not in ("min", "max"):
+        raise ConfigError(f"train.select_mode={t.select_mode!r} is not valid; use 'min' or 'max'")
+    if t.select_best is not None:
+        if t.eval_every < 1:
+            raise ConfigError(f"train.select_best={t.select_best!r} needs train.eval_every >= 1 (how often to "
+                              f"evaluate), got {t.eval_every}")
+        try:
+            t.select_best.format(phase="mean")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"train.select_best={t.select_best!r}: only {{phase}} may appear in braces") from None
     if t.max_skipped_steps < 0:
         raise ConfigError(f"train.max_skipped_steps={t.max_skipped_steps} must be >= 0")
     f = cfg.finetune

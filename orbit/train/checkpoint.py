@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from orbit.parallel.checkpoint import is_complete
+from orbit.parallel.checkpoint import EXTRA_FILE, is_complete
 
 CKPT_PATTERN = re.compile(r"^step_(\d{8})$")
+BEST_PATTERN = re.compile(r"^best_(\d{8})$")  # train.select_best: the state of a phase's best step so far
 
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
@@ -50,6 +51,27 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def prune_checkpoints(ckpt_dir: Path, keep_last: int) -> None:
     for old in list_checkpoints(ckpt_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def best_state_path(ckpt_dir: Path, step: int) -> Path:
+    """Where `train.select_best` keeps the state of step `step` (same format as a checkpoint; never
+    picked up by `--resume auto`)."""
+    return Path(ckpt_dir) / f"best_{step:08d}"
+
+
+def prune_best_states(ckpt_dir: Path, keep: set[int]) -> None:
+    """Remove best-state directories except those of `keep` and those a complete checkpoint names as
+    its phase's best (`best_dir_step` in its extra state), so every kept checkpoint still resumes."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return
+    keep = set(keep)
+    for path in list_checkpoints(ckpt_dir):
+        keep.add(torch.load(path / EXTRA_FILE, weights_only=False).get("best_dir_step"))
+    for path in ckpt_dir.iterdir():
+        match = BEST_PATTERN.match(path.name)
+        if match and int(match.group(1)) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:

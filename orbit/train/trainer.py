@@ -24,6 +24,14 @@ Faults it survives:
   must decide before each update, so it reads them every step.
 - Checkpoints may be written asynchronously (`train.async_checkpoint`): at most one in flight,
   published when every rank's write finished, waited for before the run ends or stops.
+- Model selection (`train.select_best: KEY`, `train.select_mode: min|max`), as Lightning's
+  ModelCheckpoint(monitor=KEY) + restoring it, or Keras's restore_best_weights: every
+  `train.eval_every` steps and at the end of each phase the task's evaluation scalar KEY (`{phase}`
+  in it: the phase's name) is compared with the phase's best; a better state is written like a
+  checkpoint (atomically, any layout) to `checkpoints/best_<step>/`, and at the end of the phase the
+  weights of its best step are loaded back. The best steps and values are part of every checkpoint,
+  so a resumed run keeps them; the summary lists them under `selected`. The key is checked against
+  an evaluation before the first step.
 """
 from __future__ import annotations
 
@@ -89,6 +97,8 @@ class Trainer:
         self._device = next(iter(self.engine.parameters())).device
         self._first_bad_step = torch.zeros((), dtype=torch.long, device=self._device)  # 0: none yet
         self.flops_per_sample = task.train_flops_per_sample()
+        self._best: dict[str, dict[str, Any]] = {}  # phase name -> {"metric", "value", "step"} (train.select_best)
+        self._restored = False  # whether the current phase's best weights are back (its last step is done)
 
     @property
     def phase(self) -> Phase:
@@ -102,6 +112,9 @@ class Trainer:
         if cfg.async_checkpoint and not self.engine.supports_async_checkpoint:
             raise ValueError(f"train.async_checkpoint=true is not supported by the {kind} engine (it writes its "
                              "checkpoints synchronously); set train.async_checkpoint=false")
+        if cfg.select_best and not hasattr(self.engine, "load_weights"):
+            raise ValueError(f"train.select_best is not supported by the {kind} engine: it cannot load the best "
+                             "step's weights back without its optimizer state; use parallel.engine=fsdp")
         if cfg.nonfinite == "skip" and not self.engine.grad_norm_before_step:
             raise ValueError(f"train.nonfinite=skip is not supported by the {kind} engine: it applies the update "
                              "inside its own step, before the gradient norm is known, so a non-finite update "
@@ -129,6 +142,7 @@ class Trainer:
     def _enter_phase(self, index: int) -> None:
         """Make phase `index` current: its optimizer (fresh state) and LR schedule."""
         self.state.phase = index
+        self._restored = False
         if len(self.phases) > 1:
             self.engine.set_optimizer(self._make_optimizer(self.engine.parts))
             self.scheduler = self._schedule()
@@ -145,7 +159,8 @@ class Trainer:
         """Small state, the same on every rank, saved beside the sharded model and optimizer."""
         return {"step": self.state.step, "skipped_steps": self.state.skipped_steps, "phase": self.state.phase,
                 "scheduler": self.scheduler.state_dict(), "loader": self.batches.state_dict(),
-                "rng": ckpt.rng_state()}
+                "rng": ckpt.rng_state(), "best": {name: dict(best) for name, best in self._best.items()},
+                "best_dir_step": self._unrestored_best_step()}
 
     def save(self, wait: bool = True) -> Path:
         """Collective: every rank writes its shards; the directory appears only when complete.
@@ -167,7 +182,19 @@ class Trainer:
     def _checkpoint_published(self, path: Path | None) -> None:
         if path is not None and self.engine.is_main:
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+            self._prune_best()
             log.info("saved checkpoint %s", path)
+
+    def _prune_best(self) -> None:
+        """Main rank: drop the best-state directories that neither a kept checkpoint nor the current phase needs."""
+        current = self._unrestored_best_step()
+        ckpt.prune_best_states(self.ckpt_dir, keep={current} if current is not None else set())
+
+    def _unrestored_best_step(self) -> int | None:
+        """The best step of the current phase until its weights are restored (then no directory is needed)."""
+        if self._restored:
+            return None
+        return self._best.get(self.phase.name, {}).get("step")
 
     def load(self, path: Path) -> None:
         """Collective: resume from a checkpoint written on any layout (DeepSpeed: the same layout)."""
@@ -181,6 +208,8 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.state.step = state["step"]
         self.state.skipped_steps = state.get("skipped_steps", 0)
+        self._best = {name: dict(best) for name, best in state.get("best", {}).items()}
+        self._restored = self.state.step == self.phase_ends[self.state.phase]  # saved after the restore
         self._saved_step = self.state.step
         self.progress.mark(self.state.step, "train")
         log.info("resumed from %s at step %d", path, self.state.step)
@@ -269,6 +298,8 @@ class Trainer:
 
         Raises `Preempted` (exit code 75) after saving a checkpoint when SIGTERM or SIGUSR1 arrived.
         """
+        if self.cfg.select_best and self.state.step == 0:
+            self._check_select_key(self._evaluate(logger))
         with StopSignals() as signals:
             try:
                 self._train_loop(logger, signals)
@@ -277,7 +308,70 @@ class Trainer:
         self._raise_if_nonfinite()
         if self._saved_step != self.state.step:
             self.save()
-        return self._evaluate(logger)
+        results = self._evaluate(logger)
+        if self._best:
+            results["selected"] = {name: dict(best) for name, best in self._best.items()}
+        return results
+
+    # ------------------------------------------------------------------ model selection (train.select_best)
+
+    def _select_key(self, phase: Phase) -> str:
+        return self.cfg.select_best.format(phase=phase.name)
+
+    def _check_select_key(self, results: dict[str, Any]) -> None:
+        """Before the first step: every phase's key must be one of the task's evaluation scalars."""
+        scalars = results.get("scalars", {})
+        missing = {p.name: self._select_key(p) for p in self.phases if self._select_key(p) not in scalars}
+        if missing:
+            raise ValueError(f"train.select_best={self.cfg.select_best!r}: the task's evaluation has no scalar "
+                             f"{sorted(set(missing.values()))} (phases {list(missing)}); its scalars are "
+                             f"{sorted(scalars)}")
+
+    def _consider(self, results: dict[str, Any]) -> None:
+        """Keep this step's state if its selection metric beats the phase's best (every rank decides alike:
+        rank 0's value counts)."""
+        key, step = self._select_key(self.phase), self.state.step
+        scalars = results.get("scalars", {})
+        if key not in scalars:
+            raise ValueError(f"train.select_best: the evaluation at step {step} has no scalar {key!r}; its scalars "
+                             f"are {sorted(scalars)}")
+        value = float(scalars[key])
+        if dist.is_initialized():
+            agreed = torch.tensor([value], dtype=torch.float64, device=self._device)
+            dist.broadcast(agreed, 0)
+            value = float(agreed)
+        best = self._best.get(self.phase.name)
+        better = math.isfinite(value) and (best is None or (value < best["value"] if self.cfg.select_mode == "min"
+                                                              else value > best["value"]))
+        if not better:
+            return
+        self._raise_if_nonfinite()
+        self._checkpoint_published(self.engine.finish_checkpoint(wait=True))  # one write at a time
+        self.progress.mark(step, "checkpoint")
+        self.engine.save_checkpoint(ckpt.best_state_path(self.ckpt_dir, step), self._replicated_state())
+        self.progress.mark(step, "train")
+        self._best[self.phase.name] = {"metric": key, "value": value, "step": step}
+        if self.engine.is_main:
+            self._prune_best()
+
+    def _restore_best(self) -> None:
+        """End of a phase: load the weights of its best step (the optimizer is the phase's, about to go)."""
+        best = self._best.get(self.phase.name)
+        if best is None:
+            log.warning("phase %r: train.select_best %r was never finite; keeping the last state", self.phase.name,
+                        self._select_key(self.phase))
+            return
+        if best["step"] != self.state.step:
+            path = ckpt.best_state_path(self.ckpt_dir, best["step"])
+            if not ckpt.is_complete(path):
+                raise FileNotFoundError(f"the best state of phase {self.phase.name!r} (step {best['step']}) should be "
+                                        f"in {str(path)!r}, which is missing or incomplete")
+            self.progress.mark(self.state.step, "checkpoint")
+            self.engine.load_weights(path)
+            self.progress.mark(self.state.step, "train")
+        self._restored = True
+        log.info("phase %r: restored the state of step %d (%s = %.6g)", self.phase.name, best["step"],
+                 best["metric"], best["value"])
 
     def _throughput(self, samples: int, steps: int, elapsed: float, data_wait: float) -> dict[str, float]:
         """Samples/s, achieved TFLOP/s per device and MFU (when the task states its FLOPs and
@@ -320,7 +414,13 @@ class Trainer:
                 logger.log_scalars("train", {"skipped_steps": self.state.skipped_steps}, self.state.step)
                 window_loss = torch.zeros((), device=self._device)
                 window_samples, window_steps, window_wait, window_start = 0, 0, 0.0, time.perf_counter()
-            if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < self.total_steps:
+            periodic = cfg.eval_every and self.state.step % cfg.eval_every == 0
+            phase_end = self.state.step == self.phase_ends[self.state.phase]
+            if cfg.select_best and (periodic or phase_end):
+                self._consider(self._evaluate(logger))
+                if phase_end:
+                    self._restore_best()
+            elif periodic and self.state.step < self.total_steps:
                 self._evaluate(logger)
             if cfg.ckpt_every and self.state.step % cfg.ckpt_every == 0:
                 self.save(wait=False)

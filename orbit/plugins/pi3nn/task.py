@@ -6,7 +6,9 @@ Phases (`Task.phases`), each with its own AdamW over one network, checkpointed a
   2. "upper" (module `upper`, `options.bound_steps`): MSE of u(x) against y - f(x) on the batch's points
      with y >= f(x), f taken from the model output itself and detached;
   3. "lower" (module `lower`, `options.bound_steps`): MSE of l(x) against f(x) - y on the points with y < f(x).
-Evaluation (step 4): alpha, beta by bisection on the training rows (`options.calibrate_on: val`: on the
+Evaluation: each phase's own loss on the validation rows (`val_mean_loss`, `val_upper_loss`,
+`val_lower_loss`, standardised units; `train.select_best: val_{phase}_loss` early-stops each network on
+it), then step 4: alpha, beta by bisection on the training rows (`options.calibrate_on: val`: on the
 validation rows) for `options.confidence`, then test
 and validation PICP / MPIW, a calibration curve (PICP against gamma 0.5..0.99, no retraining) and the
 per-input confidence score min(mean training width / width(x), 1). Units: the networks see x and y
@@ -75,6 +77,7 @@ class PI3NNOptions:
     confidence: float = 0.95  # gamma of the reported intervals; any other gamma needs no retraining
     bound_steps: int = 0  # steps of the upper and of the lower phase; 0: train.max_steps
     bound_lr: float | None = None  # None: train.lr
+    bound_weight_decay: float | None = None  # AdamW weight decay of u and l; None: train.weight_decay
     calibration_levels: list[float] = field(default_factory=lambda: list(CALIBRATION_LEVELS))
     calibrate_on: str = "train"  # step 4 on the training rows (the paper) or "val" (residuals f did not see)
 
@@ -148,8 +151,8 @@ class PI3NNTask(Task):
         o = self.options
         bound = o.bound_steps or train_cfg.max_steps
         return [Phase("mean", train_cfg.max_steps, ("mean",), loss=mean_loss),
-                Phase("upper", bound, ("upper",), lr=o.bound_lr, loss=upper_loss),
-                Phase("lower", bound, ("lower",), lr=o.bound_lr, loss=lower_loss)]
+                Phase("upper", bound, ("upper",), lr=o.bound_lr, weight_decay=o.bound_weight_decay, loss=upper_loss),
+                Phase("lower", bound, ("lower",), lr=o.bound_lr, weight_decay=o.bound_weight_decay, loss=lower_loss)]
 
     # ------------------------------------------------------------------ evaluation
     def network_outputs(self, engine, rows: np.ndarray | None = None, xn: np.ndarray | None = None) -> np.ndarray:
@@ -173,12 +176,19 @@ class PI3NNTask(Task):
         return (f * t.y_std + t.y_mean, lower * t.y_std + t.y_mean, upper * t.y_std + t.y_mean,
                 calibrator.confidence_score(u, l, gamma))
 
+    def validation_losses(self, engine) -> dict[str, float]:
+        """Each phase's loss on the validation rows: what early stopping of f, u and l watches."""
+        out = torch.from_numpy(self.network_outputs(engine, self.split.val)).float()
+        batch = (None, torch.from_numpy(self.table.yn[self.split.val]).float())
+        return {f"val_{name}_loss": float(fn(out, batch)) for name, fn in
+                (("mean", mean_loss), ("upper", upper_loss), ("lower", lower_loss))}
+
     def evaluate(self, engine, step: int) -> dict[str, Any]:
         gamma = self.options.confidence
         cal = self.calibrator(engine)
         s = cal.scales(gamma)
-        scalars: dict[str, float] = {"alpha": s.alpha, "beta": s.beta, "train_above": s.above,
-                                     "train_below": s.below, "train_target_outside": s.target,
+        scalars: dict[str, float] = {**self.validation_losses(engine), "alpha": s.alpha, "beta": s.beta,
+                                     "train_above": s.above, "train_below": s.below, "train_target_outside": s.target,
                                      "calibration_picp": 1.0 - (s.above + s.below) / s.n}
         curves = {}
         for part, rows in (("val", self.split.val), ("test", self.split.test)):
