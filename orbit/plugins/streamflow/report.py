@@ -1,5 +1,6 @@
 """The streamflow run report: `streamflow_report.md` (median NSE / KGE per forecaster and split, per
-lead; interval coverage per year), `streamflow_nse_cdf.png` (CDF of the per-basin test NSE),
+lead; the calibrated conceptual baseline's settings; interval coverage per year),
+`streamflow_nse_cdf.png` (CDF of the per-basin test NSE),
 `streamflow_hydrograph.png` (the first scored basin's test hydrograph, with the interval if any)
 and, for forecasts, `streamflow_nse_lead.png` (median test NSE against lead day)."""
 from __future__ import annotations

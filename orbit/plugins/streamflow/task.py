@@ -1,6 +1,7 @@
 """Task "streamflow": one of the streamflow model families (models.py) trained by the one trainer on
 CAMELS-US basins or the synthetic basins, scored per basin (and per lead day) with the hydrology
-metrics against persistence and day-of-year climatology.
+metrics against persistence and day-of-year climatology, and with `eval.conceptual_baseline` against
+the conceptual model calibrated per basin (conceptual.py; computed once per task, on every rank).
 
 Protocols (`data.split`):
 - "temporal": every basin; train / validation / test are the three disjoint periods of the config.
