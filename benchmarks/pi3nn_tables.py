@@ -1,21 +1,46 @@
-"""Merge the `uci_table.json` of one or more `orbit uq benchmark --suite uci` runs (e.g. the six sets
-run as two halves in parallel) into one Markdown table, in the suite's format.
+"""Merge the `uci_table.json` of one or more `orbit uq benchmark --suite uci` runs into one Markdown table,
+in the suite's format: the sets of all runs, and per set the methods of all runs (a later run's method
+replaces an earlier run's). E.g. the baselines of a full run with PI3NN re-run alone (`--methods pi3nn
+pi3nn_val`) on the same splits and seeds; runs of different splits or seeds are refused.
 
     python benchmarks/pi3nn_tables.py RUN_A RUN_B > table.md
+    python benchmarks/pi3nn_tables.py RUN_A RUN_B --plots DIR    # also DIR/pi3nn_uci_calibration_<set>.png
 """
 import json
 import sys
 from pathlib import Path
 
-from orbit.plugins.pi3nn.benchmark import UCI_SETS, format_suite
+from orbit.plugins.pi3nn.benchmark import UCI_SETS, format_suite, plot_calibration
+from orbit.plugins.pi3nn.methods import METHODS
 
 
-def main(run_dirs: list[str]) -> str:
-    results = {}
+def merge(run_dirs: list[str]) -> dict:
+    results: dict = {}
     for run in run_dirs:
-        results.update(json.loads((Path(run) / "uci_table.json").read_text()))
-    ordered = {name: results[name] for name in UCI_SETS if name in results}
-    return format_suite(ordered)
+        for name, summary in json.loads((Path(run) / "uci_table.json").read_text()).items():
+            if name not in results:
+                results[name] = summary
+                continue
+            seen = results[name]
+            if (seen["splits"], seen["seeds"], seen["confidence"]) != (summary["splits"], summary["seeds"],
+                                                                       summary["confidence"]):
+                raise ValueError(f"{name}: {run} has other splits / seeds / confidence than the runs before it")
+            seen["methods"] = {**seen["methods"], **summary["methods"]}
+    for summary in results.values():
+        summary["methods"] = {m: summary["methods"][m] for m in METHODS if m in summary["methods"]}
+    return {name: results[name] for name in UCI_SETS if name in results}
+
+
+def main(args: list[str]) -> str:
+    plots = None
+    if "--plots" in args:
+        at = args.index("--plots")
+        plots, args = Path(args[at + 1]), args[:at] + args[at + 2:]
+    results = merge(args)
+    if plots is not None:
+        for name, summary in results.items():  # calibration curve per method, mean over the splits
+            plot_calibration(summary, plots / f"pi3nn_uci_calibration_{name}.png", title=name)
+    return format_suite(results)
 
 
 if __name__ == "__main__":
