@@ -148,12 +148,15 @@ def cold_start(n_cells: int) -> np.ndarray:
 
 
 class LandModel:
-    """The model for a fixed set of cells; `run_year(state)` advances all of them by one year."""
+    """The model for a fixed set of cells; `run_year(state)` advances all of them by one year.
+    `k_decomp` (7,) replaces the base decomposition rates `K_DECOMP` (perturbed-parameter ensembles)."""
 
-    def __init__(self, forcing: Forcing, site: Site, pfts: PftTable = PFT_TABLE):
+    def __init__(self, forcing: Forcing, site: Site, pfts: PftTable = PFT_TABLE, k_decomp: np.ndarray = K_DECOMP):
         n = forcing.tair.shape[0]
         if any(np.shape(getattr(site, k)) != (n,) for k in ("clay", "sand", "pft", "ndep")):
             raise ValueError(f"site arrays must all be ({n},) like the forcing's cells")
+        if np.shape(k_decomp) != K_DECOMP.shape or not np.all(np.asarray(k_decomp) > 0):
+            raise ValueError(f"k_decomp must be {K_DECOMP.shape[0]} rates > 0 (yr-1), got {k_decomp}")
         self.forcing, self.site, self.n = forcing, site, n
         p = site.pft.astype(int)
         self.eps, self.topt, self.twidth, self.sla = pfts.eps[p], pfts.topt[p], pfts.twidth[p], pfts.sla[p]
@@ -161,7 +164,7 @@ class LandModel:
         self.leaf_litter, self.froot_litter, self.deciduous = pfts.leaf_litter[p], pfts.froot_litter[p], pfts.deciduous[p]
         self.n_per_c_growth = (self.alloc / self.veg_cn).sum(axis=1)  # gN per gC of new growth
         silt_clay = 1.0 - site.sand
-        self.k = np.broadcast_to(K_DECOMP, (n, len(K_DECOMP))).copy()
+        self.k = np.broadcast_to(np.asarray(k_decomp, np.float64), (n, len(K_DECOMP))).copy()
         self.k[:, 4] *= 1.0 - 0.75 * silt_clay
         self.rf_soil1 = 0.85 - 0.68 * silt_clay
         self.passive_share = 0.004 + 0.03 * site.clay

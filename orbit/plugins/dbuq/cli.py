@@ -138,10 +138,20 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from .gpp_ensemble import write_ensemble
+
+    path = write_ensemble(args.out, args.runs, overwrite=args.overwrite, grid=tuple(args.grid), years=args.years,
+                          adjust_years=args.adjust_years, seed=args.seed, spinup_tol=args.spinup_tol)
+    print(f"wrote {args.runs} runs of annual GPP to {path}")
+    return 0
+
+
 def cmd_emulate(args) -> int:
     from .learning_curve import learning_curve, markdown
 
-    rows = learning_curve(args.config, args.sizes, args.out, args.overrides, tuple(args.reduce), args.seeds)
+    rows = learning_curve(args.config, args.sizes, args.out, args.overrides, tuple(args.reduce), args.seeds,
+                          resample=args.resample_runs)
     print(markdown(rows))
     print(f"wrote {args.out}/learning_curve.md, .json, .png")
     return 0
@@ -210,9 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--sizes", type=int, nargs="+", default=[10, 20, 50, 100, 200])
     emu.add_argument("--reduce", nargs="+", default=["pca", "none"], choices=["pca", "none"])
     emu.add_argument("--seeds", type=int, default=1)
+    emu.add_argument("--resample-runs", action="store_true",
+                     help="each seed also draws its own random subset of the training runs (data.subset_seed)")
     emu.add_argument("--out", type=Path, required=True)
     emu.add_argument("overrides", nargs="*")
     emu.set_defaults(func=cmd_emulate)
+
+    ens = sub.add_parser("ensemble", help="perturbed-parameter ensemble of the toy land model: 8 parameters -> "
+                                          "annual GPP per cell and year (zarr, for problem toy_gpp)")
+    ens.add_argument("--runs", type=int, required=True)
+    ens.add_argument("--out", type=Path, required=True, help="zarr store to write (atomically)")
+    ens.add_argument("--grid", type=int, nargs=2, default=[58, 116], metavar=("H", "W"),
+                     help="toy-Earth grid (58 116: 1390 land cells)")
+    ens.add_argument("--years", type=int, default=30)
+    ens.add_argument("--adjust-years", type=int, default=10,
+                     help="years of cycled climatology per run from the shared spun-up state")
+    ens.add_argument("--seed", type=int, default=0)
+    ens.add_argument("--spinup-tol", type=float, default=1.0,
+                     help="|NEE| tolerance (gC m-2 yr-1) of the shared spin-up; looser: quicker, less settled")
+    ens.add_argument("--overwrite", action="store_true")
+    ens.set_defaults(func=cmd_ensemble)
     return parser
 
 

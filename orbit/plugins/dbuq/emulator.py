@@ -8,6 +8,9 @@ mean + s(x) V_R^T (a fixed decoder, `model.Emulator`). `reduce: none` predicts a
 Both variants use the same loss (MSE on the standardized outputs) and the same runs, so a learning curve
 (held-out R^2 and relative RMSE against the number of training runs) isolates the effect of the reduction.
 Relative RMSE = sqrt(mean (y - yhat)^2) / std(y) over the held-out runs, averaged over outputs.
+
+Problems: those of `problems.py` (elm_ozark: 5 outputs) and `toy_gpp`, the toy land model's GPP ensemble
+(`gpp_ensemble.py`, `data.path`: 8 parameters -> 41,700 annual GPP values), where the reduction matters.
 """
 from __future__ import annotations
 
@@ -25,10 +28,12 @@ from orbit.metrics.emulator import r2_score
 from orbit.registry import register_task
 from orbit.train.task import Task
 
+from .gpp_ensemble import load_toy_gpp
 from .model import Emulator
 from .problems import PROBLEMS, Problem, load_problem
 
 REDUCTIONS = ("pca", "none")
+EMULATOR_PROBLEMS = (*PROBLEMS, "toy_gpp")
 
 
 @dataclass
@@ -46,18 +51,20 @@ class EmulatorModelConfig:
 
 @dataclass
 class EmulatorDataConfig(DataConfig):
-    problem: str = "elm_ozark"  # elm_ozark | linear_gaussian | nonlinear
+    problem: str = "elm_ozark"  # elm_ozark | linear_gaussian | nonlinear | toy_gpp
     data_dir: str | None = None
+    path: str | None = None  # toy_gpp: the store of `orbit dbuq ensemble --out PATH`
     n_runs: int = 1000  # synthetic problems
     n_train: int = 0  # use only the first n_train training runs (learning curves); 0: all
+    subset_seed: int = -1  # >= 0: a random n_train of the training runs (this seed) instead of the first
     val_fraction: float = 0.1
     holdout_fraction: float = 0.1  # the same split as task "dbuq": the same training runs
     seed: int = 0
     batch_size: int = 64
 
     def validate(self) -> None:
-        if self.problem not in PROBLEMS:
-            raise ValueError(f"data.problem={self.problem!r} is not one of {list(PROBLEMS)}")
+        if self.problem not in EMULATOR_PROBLEMS:
+            raise ValueError(f"data.problem={self.problem!r} is not one of {list(EMULATOR_PROBLEMS)}")
         if self.n_train < 0:
             raise ValueError(f"data.n_train={self.n_train} must be >= 0 (0: all training runs)")
 
@@ -85,10 +92,13 @@ class EmulatorTask(Task):
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         d = cfg.data
-        self.problem: Problem = load_problem(d.problem, data_dir=d.data_dir, n_runs=d.n_runs, sigma=1.0, seed=d.seed)
+        self.problem: Problem = load_toy_gpp(d.path, 1.0) if d.problem == "toy_gpp" else \
+            load_problem(d.problem, data_dir=d.data_dir, n_runs=d.n_runs, sigma=1.0, seed=d.seed)
         train, self.val_rows, self.test_rows = self.problem.split(d.val_fraction, d.holdout_fraction)
         if d.n_train > len(train):
             raise ValueError(f"data.n_train={d.n_train} exceeds the {len(train)} training runs")
+        if d.n_train and d.subset_seed >= 0:
+            train = np.sort(np.random.default_rng([d.subset_seed, 404]).permutation(train)[:d.n_train])
         self.train_rows = train[:d.n_train] if d.n_train else train
         p = self.problem
         self.std = Standardizer(p.x[self.train_rows], p.y[self.train_rows])

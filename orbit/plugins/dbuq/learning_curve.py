@@ -1,7 +1,9 @@
 """Emulator learning curves: held-out R^2 and relative RMSE against the number of training runs, for the
 output-reduced (PCA) emulator and the direct one, each run an `orbit train` of task "land_emulator" (the one
 trainer) from the same config with `data.n_train` and `model.reduce` overridden. Validation runs score
-every size; the test runs are scored too and reported once, in the table."""
+every size; the test runs are scored too and reported once, in the table. `resample`: each seed also trains on
+its own random subset of the training runs (`data.subset_seed`), so the spread over seeds includes which runs
+were simulated, not only the network's initialization."""
 from __future__ import annotations
 
 import json
@@ -12,7 +14,7 @@ from orbit.run.runner import run_training
 
 
 def learning_curve(config: str | Path, sizes: list[int], out_dir: str | Path, overrides: list[str] | None = None,
-                   reductions: tuple[str, ...] = ("pca", "none"), seeds: int = 1) -> list[dict]:
+                   reductions: tuple[str, ...] = ("pca", "none"), seeds: int = 1, resample: bool = False) -> list[dict]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -20,7 +22,7 @@ def learning_curve(config: str | Path, sizes: list[int], out_dir: str | Path, ov
         for n in sizes:
             for seed in range(seeds):
                 cfg = load_config(config, [*(overrides or []), f"data.n_train={n}", f"model.reduce={reduce}",
-                                           f"train.seed={seed}"])
+                                           f"train.seed={seed}", *([f"data.subset_seed={seed}"] if resample else [])])
                 summary = run_training(cfg, run_dir=out_dir / f"{reduce}_n{n}_s{seed}")
                 sc = summary["scalars"]
                 rows.append({"reduce": reduce, "n_train": n, "seed": seed, "components": int(sc["components"]),
