@@ -67,7 +67,8 @@ class TwoPhaseTask(Task):
         return [Phase(name, steps, (name,)) for name, steps in PHASE_STEPS.items()]
 
     def evaluate(self, engine, step):
-        self.seen.setdefault(step, {k: v.clone() for k, v in engine.full_state_dict().items()})  # the first: before a restore
+        # the first evaluation of a step: at a phase's end, the one before the restore
+        self.seen.setdefault(step, {k: v.clone() for k, v in engine.full_state_dict().items()})
         return {"scalars": {f"score_{name}": float(abs(step - best)) for name, best in BEST_AT.items()}}
 
 
