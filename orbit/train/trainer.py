@@ -182,7 +182,8 @@ class Trainer:
     def _checkpoint_published(self, path: Path | None) -> None:
         if path is not None and self.engine.is_main:
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
-            self._prune_best()
+            if self.cfg.select_best:
+                self._prune_best()
             log.info("saved checkpoint %s", path)
 
     def _prune_best(self) -> None:
