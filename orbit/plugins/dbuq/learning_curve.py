@@ -7,6 +7,7 @@ were simulated, not only the network's initialization."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from orbit.config import load_config
@@ -33,9 +34,23 @@ def learning_curve(config: str | Path, sizes: list[int], out_dir: str | Path, ov
     return rows
 
 
+def _values(rows: list[dict], reduce: str, n: int, key: str) -> list[float]:
+    return [r[key] for r in rows if r["reduce"] == reduce and r["n_train"] == n]
+
+
 def _mean(rows: list[dict], reduce: str, n: int, key: str) -> float:
-    values = [r[key] for r in rows if r["reduce"] == reduce and r["n_train"] == n]
+    values = _values(rows, reduce, n, key)
     return sum(values) / len(values)
+
+
+def _cell(rows: list[dict], reduce: str, n: int, part: str) -> str:
+    """'R2 / rel. RMSE' of the mean over seeds, with the std over seeds where there are several."""
+    out = []
+    for key in (f"{part}_r2", f"{part}_rel_rmse"):
+        values = _values(rows, reduce, n, key)
+        spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+        out.append(f"{_mean(rows, reduce, n, key):.3f}{spread}")
+    return " / ".join(out)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -45,8 +60,7 @@ def markdown(rows: list[dict]) -> str:
              " | ".join(f"{r} test R2 / rel. RMSE" for r in reductions) + " |",
              "|---|" + "---|" * (2 * len(reductions))]
     for n in sizes:
-        cells = [f"{_mean(rows, r, n, 'val_r2'):.3f} / {_mean(rows, r, n, 'val_rel_rmse'):.3f}" for r in reductions]
-        cells += [f"{_mean(rows, r, n, 'test_r2'):.3f} / {_mean(rows, r, n, 'test_rel_rmse'):.3f}" for r in reductions]
+        cells = [_cell(rows, r, n, part) for part in ("val", "test") for r in reductions]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
