@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--runs", type=int, required=True)
     ens.add_argument("--out", type=Path, required=True, help="zarr store to write (atomically)")
     ens.add_argument("--grid", type=int, nargs=2, default=[58, 116], metavar=("H", "W"),
-                     help="toy-Earth grid (58 116: 1390 land cells)")
+                     help="toy-Earth grid (58 116: 1379 vegetated land cells)")
     ens.add_argument("--years", type=int, default=30)
     ens.add_argument("--adjust-years", type=int, default=10,
                      help="years of cycled climatology per run from the shared spun-up state")

@@ -10,7 +10,7 @@ Both variants use the same loss (MSE on the standardized outputs) and the same r
 Relative RMSE = sqrt(mean (y - yhat)^2) / std(y) over the held-out runs, averaged over outputs.
 
 Problems: those of `problems.py` (elm_ozark: 5 outputs) and `toy_gpp`, the toy land model's GPP ensemble
-(`gpp_ensemble.py`, `data.path`: 8 parameters -> 41,700 annual GPP values), where the reduction matters.
+(`gpp_ensemble.py`, `data.path`: 8 parameters -> 41,370 annual GPP values), where the reduction matters.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A perturbed-parameter ensemble of the toy land model (orbit/synthetic/land_model.py): 8 parameters drawn
 uniformly in `PARAMETERS`' ranges, each run a real run of the model over every vegetated land cell of the
-toy-Earth grid (`orbit.data.elm_dataset.make_climate` / `cell_inputs`, 1390 cells on the default 58 x 116 grid)
-for `years` years; the output is annual GPP per cell and year (1390 x 30 = 41,700 outputs), the seed's TEM
-case (1422 cells x 30 years, 8 parameters) on our model.
+toy-Earth grid (`orbit.data.elm_dataset.make_climate` / `cell_inputs`, 1379 of its 1390 land cells on the default
+58 x 116 grid carry vegetation) for `years` years; the output is annual GPP per cell and year (1379 x 30 = 41,370
+outputs), the seed's TEM case (1422 cells x 30 years, 8 parameters) on our model.
 
 Parameters (all PFTs at once; names, ranges and units in `PARAMETERS`): multipliers of the light-use
 efficiency eps, the specific leaf area SLA, the temperature-response width Tw, the leaf allocation fraction
