@@ -12,7 +12,7 @@ from orbit.config import load_config
 from orbit.plugins.pi3nn.data import heteroscedastic, read_table, true_interval
 from orbit.plugins.pi3nn.intervals import IntervalCalibrator, bisect_scale, check_confidence, picp, target_count
 from orbit.plugins.pi3nn.model import PI3NN, PI3NNConfig
-from orbit.plugins.pi3nn.task import lower_loss, upper_loss
+from orbit.plugins.pi3nn.task import PI3NNTask, lower_loss, upper_loss
 from orbit.run.runner import run_training
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,6 +136,22 @@ def test_confidence_outside_the_open_unit_interval_is_refused(gamma):
     assert repr(gamma) in str(err.value)
     with pytest.raises(ValueError, match="options.confidence"):
         load_config(TINY, [f"options.confidence={gamma}"])
+
+
+def test_each_network_is_restored_to_its_selected_state_on_its_own_validation_loss(tmp_path):
+    # select_mode=max (the worst state): an early step, so that a restore is visible in so few steps
+    summary = _run(tmp_path, "run", "train.max_steps=30", "options.bound_steps=30", "train.eval_every=10",
+                   "train.select_best=val_{phase}_loss", "train.select_mode=max", "train.weight_decay=1",
+                   "options.bound_weight_decay=0", "data.n_samples=400")
+    selected = summary["selected"]
+    assert {p: s["metric"] for p, s in selected.items()} == {p: f"val_{p}_loss" for p in ("mean", "upper", "lower")}
+    assert [s["step"] for s in selected.values()] == [10, 40, 70]
+    for phase, best in selected.items():  # each network kept its best state; later phases do not move it
+        assert summary["scalars"][f"val_{phase}_loss"] == pytest.approx(best["value"], rel=1e-6), phase
+    cfg = load_config(TINY, ["options.bound_weight_decay=0", "train.weight_decay=1"])
+    assert [p.weight_decay for p in PI3NNTask(cfg).phases(cfg.train)] == [None, 0.0, 0.0]
+    with pytest.raises(ValueError, match="bound_weight_decay=-1.0 must be >= 0"):
+        load_config(TINY, ["options.bound_weight_decay=-1"])
 
 
 def test_calibration_set_must_be_train_or_val():

@@ -87,6 +87,9 @@ class PI3NNOptions:
             raise ValueError(f"options.calibrate_on={self.calibrate_on!r} must be 'train' (the paper) or 'val'")
         for gamma in self.calibration_levels:
             check_confidence(gamma, "options.calibration_levels entry")
+        if self.bound_weight_decay is not None and self.bound_weight_decay < 0:
+            raise ValueError(f"options.bound_weight_decay={self.bound_weight_decay} must be >= 0 (or null: "
+                             "train.weight_decay)")
         if self.bound_steps < 0:
             raise ValueError(f"options.bound_steps={self.bound_steps} must be >= 0 (0: train.max_steps)")
 
