@@ -20,9 +20,12 @@ Discretization: first-order exponential integrator (DDIM, Song et al. 2021), exa
 (z / alpha_t, beta_t / alpha_t) when xhat_0 is frozen over a step, and finite at t = 1 where f is not:
     eps_hat = (z_t - alpha_t xhat_0) / beta_t,   z_s = alpha_s xhat_0 + beta_s eps_hat   (s < t).
 The label of (y0, z) is the end point Z_0, or with `t_end` > 0 the early end point Z_t_end / alpha_t_end:
-a posterior sample blurred by N(0, t_end / (1 - t_end)) (normalized units), a smoother map for the network to
-learn than the exact end point, which snaps to single ensemble members. y0 is an ensemble output plus one N(0, sigma^2) draw, so the
-network sees observations distributed as real ones (prior predictive), and z ~ N(0, I).
+a posterior sample blurred by N(0, t_end / (1 - t_end)^2) (normalized units, since Z_t = alpha_t X_0 + beta_t eps),
+a smoother map to learn than the exact end point, which snaps to single ensemble members. The blur is a
+calibration knob, chosen on validation coverage: the MSE fit of F shrinks the spread (linear-Gaussian at
+t_end = 0.01: std / analytic std 0.95 for the labels, 0.84 for the network), and the blur offsets that.
+y0 is an ensemble output plus one N(0, sigma^2) draw, so the network sees observations distributed as real
+ones (prior predictive), and z ~ N(0, I).
 """
 from __future__ import annotations
 

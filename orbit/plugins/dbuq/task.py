@@ -72,7 +72,7 @@ class DBUQOptions:
     n_labels: int = 50000  # (y0, z) -> x training pairs
     ode_steps: int = 50  # Euler-exponential steps of the probability-flow ODE from t = 1 to 0
     kernel_width: float = 0.0  # extra likelihood-kernel width h, normalized output units (0: noise only)
-    ode_t_end: float = 0.0  # > 0: stop the ODE early, labels blurred by N(0, t_end / (1 - t_end)) (labels.py)
+    ode_t_end: float = 0.0  # > 0: stop the ODE early, labels blurred by N(0, t_end / (1 - t_end)^2) (labels.py)
     label_seed: int = 0
 
     def validate(self) -> None:
