@@ -106,3 +106,15 @@ def test_bad_prior_and_observations_are_refused_or_warned():
         load_problem("nonlinear", sigma=[0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match="not one of"):
         load_problem("nope")
+
+
+def test_logit_box_round_trips_and_keeps_every_sample_inside_the_prior_box():
+    p = nonlinear(200, 0.1, seed=0)
+    rows = np.arange(200)
+    norm = Normalizer(p, rows, logit_box=True)
+    assert np.allclose(norm.x_physical(norm.xn(p.x[rows])), p.x[rows], atol=1e-9)
+    wide = norm.x_physical(np.random.default_rng(0).normal(0.0, 10.0, (5000, 2)))  # far beyond the ensemble
+    assert np.all((wide >= p.prior.a) & (wide <= p.prior.b))  # the closed box Prior.log_prob accepts
+    gaussian = linear_gaussian(100, 0.5, seed=0)  # no box: the plain standardization
+    plain = Normalizer(gaussian, np.arange(100), logit_box=True)
+    assert plain.box is None and np.allclose(plain.xn(gaussian.x).mean(0), 0.0, atol=1e-9)

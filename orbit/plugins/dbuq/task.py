@@ -74,6 +74,7 @@ class DBUQOptions:
     kernel_width: float = 0.0  # extra likelihood-kernel width h, normalized output units (0: noise only)
     ode_t_end: float = 0.0  # > 0: stop the ODE early, labels blurred by N(0, t_end / (1 - t_end)^2) (labels.py)
     label_seed: int = 0
+    logit_box: bool = True  # uniform priors: learn and sample in logit space, every sample inside the box
 
     def validate(self) -> None:
         if self.n_labels < 1 or self.ode_steps < 1 or self.kernel_width < 0 or not 0 <= self.ode_t_end < 1:
@@ -81,12 +82,12 @@ class DBUQOptions:
                              f"{self.n_labels}, {self.ode_steps}, {self.kernel_width}, {self.ode_t_end}")
 
 
-def build_problem(cfg: RunConfig):
+def build_problem(cfg: RunConfig, options: DBUQOptions):
     """The problem, its (train, val, test) runs and the normalizer of the training runs."""
     d = cfg.data
     problem = load_problem(d.problem, data_dir=d.data_dir, n_runs=d.n_runs, sigma=list(d.noise_sigma), seed=d.seed)
     split = problem.split(d.val_fraction, d.holdout_fraction)
-    return problem, split, Normalizer(problem, split[0])
+    return problem, split, Normalizer(problem, split[0], options.logit_box)
 
 
 @register_task("dbuq", model=DBUQModelConfig, data=DBUQDataConfig, eval=DBUQEvalConfig, options=DBUQOptions)
@@ -94,7 +95,7 @@ class DBUQTask(Task):
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.options: DBUQOptions = cfg.options if cfg.options is not None else DBUQOptions()
-        self.problem, (self.train_rows, self.val_rows, self.test_rows), self.norm = build_problem(cfg)
+        self.problem, (self.train_rows, self.val_rows, self.test_rows), self.norm = build_problem(cfg, self.options)
         self.label_seconds: float | None = None
         self._test: dict[str, np.ndarray] | None = None
 
