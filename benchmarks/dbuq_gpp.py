@@ -131,6 +131,12 @@ def write_results(work: Path, results: Path, store: Path, chosen: dict, searched
               f"PCA truncation floor (test relative RMSE of the test runs' outputs projected on the training runs' "
               f"components, explained variance {explained}; no emulator on the scores can do better): " +
               ", ".join(f"{n} runs {v:.3f}" for n, v in floors.items()) + ".", ""]
+    steps = {reduce: [np.mean([json.loads((work / f"lc_{reduce}" / f"{reduce}_n{n}_s{seed}" / "summary.json")
+                                           .read_text())["selected"]["train"]["step"] for seed in range(seeds)])
+                      for n in SIZES] for reduce in ("pca", "none")}
+    lines += ["Step chosen by early stopping (of 1000, mean over seeds), at " + " / ".join(map(str, SIZES)) +
+              " runs: " + "; ".join(f"{k} " + " / ".join(f"{v:.0f}" for v in vals) for k, vals in steps.items()) +
+              ". Where it is 1000 the last state was the best: more steps might still help that emulator.", ""]
     holds = (mean("pca", 20, "test_rel_rmse") <= mean("none", 200, "test_rel_rmse")
              and mean("pca", 20, "test_r2") >= mean("none", 200, "test_r2"))
     lines += [f"Seed's claim (reduced at ~20 runs matches direct at ~200): PCA at 20 runs has test R2 "

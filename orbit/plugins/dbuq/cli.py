@@ -1,5 +1,5 @@
-"""`orbit dbuq ...`: train, sample, MCMC, compare, emulator learning curves. Each subcommand parses its
-arguments and calls the library (orbit/cli.py forwards `orbit dbuq` here)."""
+"""`orbit dbuq ...`: train, sample, MCMC, compare, emulator learning curves, the GPP ensemble. Each subcommand
+parses its arguments and calls the library (orbit/cli.py forwards `orbit dbuq` here)."""
 from __future__ import annotations
 
 import argparse
