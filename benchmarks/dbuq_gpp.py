@@ -126,7 +126,8 @@ def write_results(work: Path, results: Path, store: Path, chosen: dict, searched
     explained = float(next(o.split("=")[1] for o in chosen["pca"] if o.startswith("model.explained_variance")))
     floors = pca_floor(store, SIZES, seeds, explained)
     lines += ["", "Chosen: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in chosen.items()), "",
-              f"### Learning curves (mean ± std over {seeds} seeds; each seed its own training runs and initialization)",
+              f"### Learning curves (mean ± std over {seeds} seeds; each seed its own training runs and "
+              "initialization)",
               "", markdown(curves), "",
               f"PCA truncation floor (test relative RMSE of the test runs' outputs projected on the training runs' "
               f"components, explained variance {explained}; no emulator on the scores can do better): " +

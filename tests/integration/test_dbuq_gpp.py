@@ -1,6 +1,6 @@
 """The toy land model's GPP ensemble (orbit/plugins/dbuq/gpp_ensemble.py) and the land emulator on it, on a tiny
-grid (16 x 32: 118 vegetated land cells), 3 years and a loose shared spin-up: `orbit dbuq ensemble` (shapes, units, ranges,
-determinism by seed, GPP's response to the light-use efficiency), `orbit train` of task land_emulator with
+grid (16 x 32: 118 vegetated land cells), 3 years and a loose shared spin-up: `orbit dbuq ensemble` (shapes, units,
+ranges, determinism by seed, GPP's response to the light-use efficiency), `orbit train` of task land_emulator with
 reduce=pca and reduce=none, `orbit dbuq emulate` with resampled runs, and bad input."""
 import json
 import os

@@ -27,8 +27,8 @@ years), then the `years` forced years. The slow and passive soil pools stay near
 GPP is a transient response to the parameters, as in a perturbed-parameter ensemble started from one
 spun-up state. Cells whose equilibrium GPP at the default parameters is below `GPP_FLOOR` (no vegetation
 survives there; a handful of cold or dry cells) are left out: their GPP is zero up to round-off in every run,
-which a per-output score cannot divide by. `adjust_drift` (run) records how settled each run was: the relative change of the
-domain-total GPP over the last adjustment year.
+which a per-output score cannot divide by. `adjust_drift` (run) records how settled each run was: the
+relative change of the domain-total GPP over the last adjustment year.
 """
 from __future__ import annotations
 
@@ -192,7 +192,8 @@ def generate(runs: int, grid: tuple[int, int] = (58, 116), years: int = 30, adju
     cell = ("cell",)
     ds = xr.Dataset(
         {"parameters": (("run", "parameter"), x, {"long_name": "perturbed parameter values (physical units)"}),
-         "gpp": (("run", "cell", "year"), gpp, {"units": "gC m-2 yr-1", "long_name": "annual gross primary production"}),
+         "gpp": (("run", "cell", "year"), gpp,
+                 {"units": "gC m-2 yr-1", "long_name": "annual gross primary production"}),
          "adjust_drift": (("run",), drift, {"units": "1", "long_name": "relative change of total GPP over the "
                                                                        "last adjustment year"}),
          "low": (("parameter",), [p.low for p in PARAMETERS], {"long_name": "uniform prior lower bound"}),
@@ -205,9 +206,9 @@ def generate(runs: int, grid: tuple[int, int] = (58, 116), years: int = 30, adju
                 "parameter_description": (("parameter",), [p.description for p in PARAMETERS])})
     ds.attrs.update(
         source="orbit.plugins.dbuq.gpp_ensemble (toy land model, orbit/synthetic/land_model.py)", seed=seed,
-        grid="x".join(map(str, check_grid(grid))), adjust_years=adjust_years, spinup=f"shared AD spin-up at default parameters, "
-        f"|NEE| < {spinup_tol} gC m-2 yr-1 for {SPINUP_WINDOW} years", spinup_seconds=setup.spinup_seconds,
-        runs_seconds=runs_s,
+        grid="x".join(map(str, check_grid(grid))), adjust_years=adjust_years,
+        spinup=f"shared AD spin-up at default parameters, |NEE| < {spinup_tol} gC m-2 yr-1 for {SPINUP_WINDOW} years",
+        spinup_seconds=setup.spinup_seconds, runs_seconds=runs_s,
         parameter_ranges="; ".join(f"{p.name} in [{p.low}, {p.high}] {p.units}" for p in PARAMETERS),
         forcing=f"climatology + seasonal smooth anomalies: trend {TREND} degC/yr, AR(1) rho {RHO}, sd_T {SD_T} degC, "
                 f"sd_W {SD_W}")
