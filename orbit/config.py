@@ -7,7 +7,9 @@ any work starts.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,8 +222,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting int->float where harmless."""
+    """Check `value` against the annotation `tp`, converting where the YAML reading is the surprise, not the
+    value: int -> float, a string in exponent form (PyYAML reads `1e-3` as a string: YAML 1.1) -> float, and
+    a date (PyYAML reads `2000-01-01` as a date) -> its ISO string for str fields."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -242,6 +249,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    if tp is str and isinstance(value, datetime.date):
+        return value.isoformat()
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):

@@ -49,6 +49,14 @@ def test_ints_promote_to_float_and_roundtrip(tmp_path):
     assert load_config(TINY, ["train.seed=1"]).hash() != cfg.hash()
 
 
+def test_yaml_1_1_surprises_read_as_written(tmp_path):
+    # PyYAML reads 1e-3 as a string and 2000-01-01 as a date; both mean what the user wrote
+    cfg = load_config(TINY, ["train.lr=1e-3", "train.min_lr=-2E-5", "name=2000-01-01"])
+    assert cfg.train.lr == 1e-3 and cfg.train.min_lr == -2e-5 and cfg.name == "2000-01-01"
+    with pytest.raises(ConfigError, match="must be a float"):
+        load_config(TINY, ["train.lr=fast"])
+
+
 def test_missing_file_is_a_clear_error():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/nope.yaml")
