@@ -16,6 +16,10 @@ r"""The streamflow model families. Every one maps the same inputs to the next `h
   a cross-temporal fusion encoder over [past flow tokens; future driver tokens], and a final
   cross-attention of the fused future tokens to the fused past, one output per lead. Static
   attributes enter as an embedding added to every token.
+- "rs_lstm": the Geo-LSTM with a grid-encoder path standing in for satellite inputs (Geo-RS-LSTM):
+  each day's k x k patch of gridded fields around the basin (the last C k^2 driver columns, see
+  toy_basins.py) is encoded by a small CNN and concatenated with the point drivers, flow channel
+  and static embedding before the LSTM.
 - "imv_lstm": IMV-LSTM (Guo, Lin & Antulov-Fantulin, ICML 2019, IMV-Full): one hidden state per
   input variable, temporal attention per variable and attention over variables (below).
 """
@@ -31,12 +35,16 @@ from orbit.models.registry import register_family
 
 @dataclass
 class Sizes:
-    """What the data fix: drivers D, static attributes S, history T, horizon H."""
+    """What the data fix: drivers D, static attributes S, history T, horizon H; `patch` k and
+    `patch_channels` C: the last C k^2 of the D driver columns are a k x k patch of C gridded fields
+    (0: none)."""
 
     drivers: int
     static: int
     seq_len: int
     horizon: int
+    patch: int = 0
+    patch_channels: int = 0
 
 
 def _sequence(x_past: torch.Tensor, x_future: torch.Tensor, q_past: torch.Tensor) -> torch.Tensor:
@@ -85,6 +93,38 @@ class GeoLSTM(StreamflowLSTM):
         e = self.static_encoder(static)
         seq = _sequence(x_past, x_future, q_past)
         seq = torch.cat([seq, e[:, None].expand(-1, seq.shape[1], -1)], dim=-1)
+        layers, hidden = self.lstm.num_layers, self.lstm.hidden_size
+        h0, c0 = torch.tanh(self.init_state(e)).view(-1, 2, layers, hidden).permute(1, 2, 0, 3).contiguous()
+        return self.lstm(seq, (h0, c0))[0]
+
+
+class RSLSTM(GeoLSTM):
+    """Family "rs_lstm": per day, patch (C, k, k) -> conv 3x3 (C -> `channels`) -> ReLU -> flatten ->
+    linear -> tanh -> `embed` features, concatenated with [point drivers, flow, static embedding];
+    the LSTM and the initial state are the Geo-LSTM's. The CNN weights are shared over days."""
+
+    def __init__(self, sizes: Sizes, hidden: int = 64, layers: int = 1, dropout: float = 0.0, embed: int = 16,
+                 channels: int = 8):
+        if sizes.patch < 1 or sizes.patch_channels < 1:
+            raise ValueError(f"rs_lstm needs a gridded patch in its inputs (data.patch >= 1 with data.weather=toy_earth); "
+                             f"got patch={sizes.patch}, patch_channels={sizes.patch_channels}")
+        k, c = sizes.patch, sizes.patch_channels
+        self.patch_width = c * k * k
+        super().__init__(sizes, hidden, layers, dropout, embed)
+        self.grid_encoder = nn.Sequential(nn.Unflatten(-1, (c, k, k)), nn.Conv2d(c, channels, 3, padding=1), nn.ReLU(),
+                                          nn.Flatten(), nn.Linear(channels * k * k, embed), nn.Tanh())
+
+    def _in_features(self, sizes: Sizes) -> int:
+        return sizes.drivers - self.patch_width + 1 + 2 * self.embed
+
+    def encode(self, x_past, x_future, q_past, static) -> torch.Tensor:
+        x = torch.cat([x_past, x_future], dim=1)
+        b, length, _ = x.shape
+        grid = self.grid_encoder(x[..., -self.patch_width:].reshape(b * length, -1)).view(b, length, -1)
+        point_past, point_future = x_past[..., :-self.patch_width], x_future[..., :-self.patch_width]
+        e = self.static_encoder(static)
+        seq = _sequence(point_past, point_future, q_past)
+        seq = torch.cat([seq, grid, e[:, None].expand(-1, length, -1)], dim=-1)
         layers, hidden = self.lstm.num_layers, self.lstm.hidden_size
         h0, c0 = torch.tanh(self.init_state(e)).view(-1, 2, layers, hidden).permute(1, 2, 0, 3).contiguous()
         return self.lstm(seq, (h0, c0))[0]
@@ -209,6 +249,8 @@ class IMVLSTM(nn.Module):
 
 FAMILIES = {"lstm": StreamflowLSTM, "geo_lstm": GeoLSTM, "lstm_ed": LSTMEncoderDecoder,
             "tst": TemporalSequenceTransformer, "imv_lstm": IMVLSTM}
+GRID_FAMILIES = {"rs_lstm": RSLSTM}  # families that need a gridded patch in their inputs (Sizes.patch >= 1)
+ALL_FAMILIES = {**FAMILIES, **GRID_FAMILIES}
 
 
 def example_inputs(sizes: Sizes, batch: int = 3) -> tuple[torch.Tensor, ...]:
@@ -217,9 +259,10 @@ def example_inputs(sizes: Sizes, batch: int = 3) -> tuple[torch.Tensor, ...]:
 
 
 def _example(cls: type[nn.Module]):
-    sizes = Sizes(drivers=3, static=2, seq_len=6, horizon=2)
+    sizes = Sizes(drivers=3 + 2 * 9, static=2, seq_len=6, horizon=2, patch=3, patch_channels=2) if cls is RSLSTM \
+        else Sizes(drivers=3, static=2, seq_len=6, horizon=2)
     return lambda: (cls(sizes, hidden=8), example_inputs(sizes))
 
 
-for _name, _cls in FAMILIES.items():
+for _name, _cls in ALL_FAMILIES.items():
     register_family(_name, _cls, example=_example(_cls))

@@ -31,13 +31,15 @@ from . import intervals, report
 from .basins import BasinSet, check_periods, parse_period
 from .camels import read_camels_us
 from .conceptual import check_drivers, check_settings, conceptual_baseline
-from .models import FAMILIES, GeoLSTM, Sizes, TemporalSequenceTransformer
+from .models import ALL_FAMILIES, GRID_FAMILIES, GeoLSTM, Sizes, TemporalSequenceTransformer
 from .scoring import climatology, score_split
 from .synthetic import synthetic_basins
+from .toy_basins import PATCH_FIELDS, check_patch, toy_earth_basins
 from .windows import StreamflowBatch, WindowBatches, Windows
 
 SOURCES = ("synthetic", "camels_us")
 SPLITS = ("temporal", "basins")
+WEATHER = ("stochastic", "toy_earth")
 LOSSES = ("nse", "mse")
 CAMELS_DRIVERS = ["prcp", "srad", "tmax", "tmin", "vp"]
 CAMELS_STATIC = ["elev_mean", "slope_mean", "area_gages2", "frac_forest", "lai_max", "soil_depth_pelletier",
@@ -48,7 +50,7 @@ NSE_EPS = 0.1
 
 @dataclass
 class StreamflowModelConfig:
-    family: str = "lstm"  # one of models.FAMILIES
+    family: str = "lstm"  # one of models.ALL_FAMILIES
     hidden: int = 64  # LSTM state / transformer width / IMV-LSTM state per variable
     layers: int = 1
     dropout: float = 0.0
@@ -56,8 +58,8 @@ class StreamflowModelConfig:
     embed: int = 16  # geo_lstm static embedding
 
     def validate(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"family={self.family!r} is not a streamflow model family; valid: {sorted(FAMILIES)}")
+        if self.family not in ALL_FAMILIES:
+            raise ValueError(f"family={self.family!r} is not a streamflow model family; valid: {sorted(ALL_FAMILIES)}")
         if self.hidden < 1 or self.layers < 1 or self.heads < 1 or self.embed < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"need hidden, layers, heads, embed >= 1 and dropout in [0, 1); got {self.hidden}, "
                              f"{self.layers}, {self.heads}, {self.embed}, {self.dropout}")
@@ -75,6 +77,12 @@ class StreamflowDataConfig(DataConfig):
     first_year: int = 1980
     last_year: int = 2009
     warming: float = 0.03  # synthetic: degC per year
+    # synthetic: "stochastic" (synthetic.py's weather generator) or "toy_earth" (basins on land cells of
+    # the toy Earth, driven by its fields on grid `toy_grid`; toy_basins.py); `patch`: toy_earth only, an odd
+    # k adds a k x k patch of gridded prcp and t2m around each basin to the drivers (family rs_lstm)
+    weather: str = "stochastic"
+    toy_grid: list[int] = field(default_factory=lambda: [16, 32])
+    patch: int = 0
     seed: int = 0  # synthetic data, basin folds, forecast errors
     # [first, last] inclusive; YAML may give dates unquoted (read as dates, kept as ISO strings)
     train_period: list[Any] = field(default_factory=lambda: ["1981-01-01", "1995-12-31"])
@@ -94,6 +102,11 @@ class StreamflowDataConfig(DataConfig):
             raise ValueError(f"source={self.source!r} is not valid; use one of {list(SOURCES)}")
         if self.source == "camels_us" and not self.basins:
             raise ValueError("source=camels_us needs data.basins (CAMELS gauge ids, e.g. ['01022500'])")
+        if self.weather not in WEATHER:
+            raise ValueError(f"weather={self.weather!r} is not valid; use one of {list(WEATHER)}")
+        if self.patch and (self.source != "synthetic" or self.weather != "toy_earth"):
+            raise ValueError(f"data.patch={self.patch} needs gridded fields: set source=synthetic and weather=toy_earth")
+        check_patch(self.patch, tuple(self.toy_grid))
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} is not valid; use one of {list(SPLITS)}")
         if self.split == "basins" and self.past_flow:
@@ -146,6 +159,8 @@ class StreamflowOptions:
 
 
 def load_basins(d: StreamflowDataConfig) -> BasinSet:
+    if d.source == "synthetic" and d.weather == "toy_earth":
+        return toy_earth_basins(d.n_basins, d.first_year, d.last_year, d.warming, d.seed, tuple(d.toy_grid), d.patch)
     if d.source == "synthetic":
         return synthetic_basins(d.n_basins, d.first_year, d.last_year, d.warming, d.seed)
     return read_camels_us(d.root, list(d.basins), list(d.drivers) or CAMELS_DRIVERS, list(d.static) or CAMELS_STATIC,
@@ -171,6 +186,9 @@ class StreamflowTask(Task):
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         d = cfg.data
+        if (cfg.model.family in GRID_FAMILIES) != bool(d.patch):
+            raise ValueError(f"family={cfg.model.family!r} with data.patch={d.patch}: families {sorted(GRID_FAMILIES)} need "
+                             f"a patch (odd data.patch >= 1, data.weather=toy_earth) and the others take none (patch=0)")
         self.data = load_basins(d)
         self.periods = {name: parse_period(getattr(d, f"{name}_period"), f"{name}_period")
                         for name in ("train", "val", "test")}
@@ -184,7 +202,8 @@ class StreamflowTask(Task):
         if len(self.train_samples[0]) == 0:
             raise ValueError(f"no training sample: no basin has {d.horizon} observed day(s) of flow in a row in the "
                              f"training period {d.train_period}")
-        self.sizes = Sizes(len(self.data.driver_names), len(self.data.static_names), d.seq_len, d.horizon)
+        self.sizes = Sizes(len(self.data.driver_names), len(self.data.static_names), d.seq_len, d.horizon, d.patch,
+                           len(PATCH_FIELDS) if d.patch else 0)
         if cfg.eval.conceptual_baseline and d.horizon != 1:
             raise ValueError(f"eval.conceptual_baseline simulates flow from observed drivers, a baseline for "
                              f"simulation (horizon 1); got data.horizon={d.horizon}: set it false for forecasts")
@@ -195,9 +214,9 @@ class StreamflowTask(Task):
 
     def _network(self, hidden: int) -> nn.Module:
         m = self.cfg.model
-        extra = {"heads": m.heads} if FAMILIES[m.family] is TemporalSequenceTransformer else \
-            {"embed": m.embed} if FAMILIES[m.family] is GeoLSTM else {}
-        return FAMILIES[m.family](self.sizes, hidden=hidden, layers=m.layers, dropout=m.dropout, **extra)
+        extra = {"heads": m.heads} if ALL_FAMILIES[m.family] is TemporalSequenceTransformer else \
+            {"embed": m.embed} if issubclass(ALL_FAMILIES[m.family], GeoLSTM) else {}
+        return ALL_FAMILIES[m.family](self.sizes, hidden=hidden, layers=m.layers, dropout=m.dropout, **extra)
 
     def build_model(self) -> nn.Module:
         o = self.cfg.options
