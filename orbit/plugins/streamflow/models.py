@@ -106,8 +106,8 @@ class RSLSTM(GeoLSTM):
     def __init__(self, sizes: Sizes, hidden: int = 64, layers: int = 1, dropout: float = 0.0, embed: int = 16,
                  channels: int = 8):
         if sizes.patch < 1 or sizes.patch_channels < 1:
-            raise ValueError(f"rs_lstm needs a gridded patch in its inputs (data.patch >= 1 with data.weather=toy_earth); "
-                             f"got patch={sizes.patch}, patch_channels={sizes.patch_channels}")
+            raise ValueError(f"rs_lstm needs a gridded patch in its inputs (data.patch >= 1 with "
+                             f"data.weather=toy_earth); got patch={sizes.patch}, patch_channels={sizes.patch_channels}")
         k, c = sizes.patch, sizes.patch_channels
         self.patch_width = c * k * k
         super().__init__(sizes, hidden, layers, dropout, embed)

@@ -105,7 +105,8 @@ class StreamflowDataConfig(DataConfig):
         if self.weather not in WEATHER:
             raise ValueError(f"weather={self.weather!r} is not valid; use one of {list(WEATHER)}")
         if self.patch and (self.source != "synthetic" or self.weather != "toy_earth"):
-            raise ValueError(f"data.patch={self.patch} needs gridded fields: set source=synthetic and weather=toy_earth")
+            raise ValueError(f"data.patch={self.patch} needs gridded fields: set source=synthetic and "
+                             f"weather=toy_earth")
         check_patch(self.patch, tuple(self.toy_grid))
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} is not valid; use one of {list(SPLITS)}")
@@ -187,8 +188,9 @@ class StreamflowTask(Task):
         self.cfg = cfg
         d = cfg.data
         if (cfg.model.family in GRID_FAMILIES) != bool(d.patch):
-            raise ValueError(f"family={cfg.model.family!r} with data.patch={d.patch}: families {sorted(GRID_FAMILIES)} need "
-                             f"a patch (odd data.patch >= 1, data.weather=toy_earth) and the others take none (patch=0)")
+            raise ValueError(f"family={cfg.model.family!r} with data.patch={d.patch}: families {sorted(GRID_FAMILIES)} "
+                             f"need a patch (odd data.patch >= 1, data.weather=toy_earth) and the others take none "
+                             f"(patch=0)")
         self.data = load_basins(d)
         self.periods = {name: parse_period(getattr(d, f"{name}_period"), f"{name}_period")
                         for name in ("train", "val", "test")}
