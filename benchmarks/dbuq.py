@@ -51,13 +51,12 @@ def stage1(work: Path, seeds: int) -> list[tuple[list[str], Path, Path]]:
     jobs = [train("dbuq train", "nonlinear", "nl"), train("train", "emulator_elm_ozark", "emu")]
     for problem, config in (("lg", "linear_gaussian"), ("elm", "elm_ozark")):
         jobs += [train("dbuq train", config, f"{problem}_{name}", *overrides) for name, overrides in VARIANTS.items()]
-    for reduce in ("pca", "none"):
-        for seed in range(seeds):
-            out = work / f"lc_{reduce}_{seed}"
-            jobs.append((["dbuq", "emulate", "--config", "configs/plugins/dbuq/emulator_elm_ozark.yaml", "--reduce",
-                          reduce, "--sizes", *map(str, LC_SIZES), "--out", str(out), "train.max_steps=1500",
-                          "train.ckpt_every=1500", f"train.seed={seed}"], out.with_suffix(".log"),
-                         out / "learning_curve.json"))
+    for reduce in ("pca", "none"):  # each seed its own training runs and initialization
+        out = work / f"lc_{reduce}"
+        jobs.append((["dbuq", "emulate", "--config", "configs/plugins/dbuq/emulator_elm_ozark.yaml", "--reduce", reduce,
+                      "--sizes", *map(str, LC_SIZES), "--seeds", str(seeds), "--resample-runs", "--out", str(out),
+                      "train.max_steps=1500", "train.ckpt_every=1500"], out.with_suffix(".log"),
+                     out / "learning_curve.json"))
     return jobs
 
 
@@ -91,7 +90,7 @@ def main() -> int:
               (["dbuq", "verify", "--run-dir", str(work / "nl"), "--mcmc-cases", str(args.mcmc_cases)],
                work / "verify_nl.log", work / "nl" / "verify" / "verify.json"),
               (["dbuq", "compare", "--dbuq", str(work / best), "--emulator", str(work / "emu"), "--out",
-                str(work / "compare"), "--mcmc-cases", str(args.mcmc_cases), "--mcmc-steps", "5000"],
+                str(work / "compare"), "--mcmc-cases", str(args.mcmc_cases), "--mcmc-steps", "40000"],
                work / "compare.log", work / "compare" / "compare.json")]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run(*job), stage2))
@@ -129,13 +128,12 @@ def write_results(work: Path, results: Path, chosen: dict[str, tuple[str, list[d
     lines += ["", f"Surrogate (land_emulator, PCA, 800 runs): test R2 {emu['test_r2']:.4f}, relative RMSE "
                   f"{emu['test_rel_rmse']:.4f}.", "", compare_md(cmp)]
     (results / "dbuq_elm_ozark.md").write_text("\n".join(lines) + "\n")
-    rows = []
-    for reduce in ("pca", "none"):
-        for seed in range(seeds):
-            rows += json.loads((work / f"lc_{reduce}_{seed}" / "learning_curve.json").read_text())
+    rows = [row for reduce in ("pca", "none")
+            for row in json.loads((work / f"lc_{reduce}" / "learning_curve.json").read_text())]
     (results / "dbuq_emulator.md").write_text(
         "## Land emulator learning curves on ELM Ozark (PCA-reduced vs direct)\n\n" + head +
-        f"Mean over {seeds} seeds; validation = runs 800-899, test = runs 900-999; 1500 steps each.\n\n" +
+        f"Mean ± std over {seeds} seeds (each its own training runs); validation = runs 800-899, test = runs "
+        "900-999; 1500 steps each.\n\n" +
         lc_md(rows) + "\n")
     lc_plot(rows, results / "dbuq_learning_curve.png")
     for name in ("corner_case0.png", "predictive_case0.png"):
