@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orbit.config import DataConfig, EvalConfig, RunConfig
+from orbit.config import DataConfig, RunConfig
 from orbit.data.sampler import RowBatches
 from orbit.metrics.emulator import r2_score
 from orbit.registry import register_task
