@@ -7,30 +7,11 @@ from torch import nn
 from orbit.config import ConfigError, TrainConfig, load_config
 from orbit.train import checkpoint as ckpt
 from orbit.train.task import Phase, Task
+from test_phases import Batches  # tests/unit is on sys.path under pytest
 from trainer_runs import fit
 
 PHASE_STEPS = {"a": 40, "b": 40}
 BEST_AT = {"a": 20, "b": 70}  # the step where each phase's validation metric is smallest
-
-
-class Batches:
-    def __init__(self):
-        gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(128, 4, generator=gen)
-        self.y = self.x.sum(1, keepdim=True)
-        self.position = 0
-
-    def __iter__(self):
-        while True:
-            rows = torch.arange(self.position * 16, self.position * 16 + 16) % len(self.x)
-            self.position += 1
-            yield self.x[rows], self.y[rows]
-
-    def state_dict(self):
-        return {"position": self.position}
-
-    def load_state_dict(self, state):
-        self.position = state["position"]
 
 
 class TwoPhaseTask(Task):
