@@ -1,7 +1,8 @@
 """Merge the `uci_table.json` of one or more `orbit uq benchmark --suite uci` runs into one Markdown table,
 in the suite's format: the sets of all runs, and per set the methods of all runs (a later run's method
 replaces an earlier run's). E.g. the baselines of a full run with PI3NN re-run alone (`--methods pi3nn
-pi3nn_val`) on the same splits and seeds; runs of different splits or seeds are refused.
+pi3nn_val`) on the same splits and seeds, or with a `--tune-trials` run (its `<method>_tuned` columns
+go beside the shipped settings); runs of different splits or seeds are refused.
 
     python benchmarks/pi3nn_tables.py RUN_A RUN_B > table.md
     python benchmarks/pi3nn_tables.py RUN_A RUN_B --plots DIR    # also DIR/pi3nn_uci_calibration_<set>.png
@@ -26,8 +27,11 @@ def merge(run_dirs: list[str]) -> dict:
                                                                        summary["confidence"]):
                 raise ValueError(f"{name}: {run} has other splits / seeds / confidence than the runs before it")
             seen["methods"] = {**seen["methods"], **summary["methods"]}
+            if "tuning" in summary:
+                seen["tuning"] = summary["tuning"]
+    order = [name for m in METHODS for name in (m, f"{m}_tuned")]  # a tuned method beside its shipped setting
     for summary in results.values():
-        summary["methods"] = {m: summary["methods"][m] for m in METHODS if m in summary["methods"]}
+        summary["methods"] = {m: summary["methods"][m] for m in order if m in summary["methods"]}
     return {name: results[name] for name in UCI_SETS if name in results}
 
 

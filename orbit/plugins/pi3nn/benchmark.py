@@ -10,6 +10,13 @@ of y over the whole table), mean and std over the S*K fits, and the wall time of
 PI3NN is trained through the one trainer (`trained.py`): a run of task "pi3nn" per split and seed in
 `pi3nn/split<S>_seed<K>/`, on the same rows (checked), reused or resumed when the benchmark is relaunched.
 
+With `tune_trials` N > 0 (`--tune-trials`), PI3NN, the ensemble and MC dropout each get the same
+per-data-set random search of N trials on validation rows (`tuning.py`): on each split's own validation
+rows (`tune_on="each"`) or on split 0's for every split (`"first"`, N times cheaper; split 0's
+validation rows can then be test rows of the other splits). The tuned methods are reported as
+`<method>_tuned`; PI3NN's runs move to `pi3nn/trial<I>/split<S>_seed<K>/` and the search's scores to
+`tune/split<S>.json`.
+
 Outputs in the run directory: `summary.json` (per method: picp / mpiw mean and std, wall time, the
 test calibration curve where the method answers any gamma), `runs.json` (every fit), `table.md`,
 `calibration.png`. `--suite uci` does that for the six shared UCI tables (one directory each) and
@@ -29,6 +36,7 @@ from .data import Standardized, cubic, read_table, split_rows
 from .intervals import CALIBRATION_LEVELS, check_confidence, mpiw, picp
 from .methods import FITTERS, METHODS, Budget, Fitted, SplitData, fit_ensemble, fit_mc_dropout
 from .trained import calibrator, outputs, train_run
+from .tuning import SEARCH_SPACE, TUNABLE, check_tuning, trial_budget, tune
 
 PI3NN_VARIANTS = {"pi3nn": "train", "pi3nn_val": "val"}  # method -> rows of step 4
 
@@ -65,40 +73,66 @@ def pi3nn_fits(task, model, x_test: np.ndarray, train_wall: float) -> dict[str, 
     return fits
 
 
+def _pi3nn_run(run_dir: Path, csv, gamma: float, s: int, k: int, budget: Budget, split, trial: int | None = None):
+    """(task, model, wall s) of the PI3NN trainer run of split s, seed k (of search trial `trial`)."""
+    start = time.perf_counter()
+    overrides = [f"data.csv={Path(csv).resolve()}", f"data.seed={s}", f"train.seed={1000 * s + k}",
+                 f"options.confidence={gamma}", *budget.pi3nn_overrides()]
+    base = run_dir / "pi3nn" if trial is None else run_dir / "pi3nn" / f"trial{trial}"
+    task, model = train_run(base / f"split{s}_seed{k}", overrides)
+    _check_same_rows(task, split)
+    return task, model, time.perf_counter() - start
+
+
 def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95, splits: int = 5, seeds: int = 1,
-                  methods=None, budget: Budget | None = None, log=print) -> dict[str, Any]:
+                  methods=None, budget: Budget | None = None, log=print, tune_trials: int = 0,
+                  tune_on: str = "each", space: dict | None = None) -> dict[str, Any]:
     gamma = check_confidence(confidence, "--confidence")
     if splits < 1 or seeds < 1:
         raise ValueError(f"--splits and --seeds must be >= 1, got {splits} and {seeds}")
     methods = check_methods(methods)
+    check_tuning(tune_trials, tune_on, methods, *([space] if space else []))
     budget = dataclasses.replace(budget or Budget(), confidence=gamma)
     x, y = read_table(csv)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     y_range = float(np.ptp(y))
     levels = sorted(set(CALIBRATION_LEVELS) | {gamma})
-    runs = []
+    runs, searches = [], {}
+    label = {m: f"{m}_tuned" if tune_trials and m in TUNABLE else m for m in methods}
     for s in range(splits):
         split = split_rows(len(y), 0.1, 0.1, seed=s)
         table = Standardized(x, y, split.train)
         data = _split_data(table, split)
         y_test = y[split.test]
+        choice: dict[str, dict] = {}
+        if tune_trials:
+            t = s if tune_on == "each" else 0
+            if t not in searches:
+                t_split = split_rows(len(y), 0.1, 0.1, seed=t)
+                t_data = _split_data(Standardized(x, y, t_split.train), t_split)
+                log(f"{Path(csv).stem}: searching {tune_trials} trials on the validation rows of split {t}")
+                searches[t] = tune(t_data, methods, budget, tune_trials, 1000 * t,
+                                   lambda b, i: _pi3nn_run(run_dir, csv, gamma, t, 0, b, t_split, i)[:2],
+                                   run_dir / "tune" / f"split{t}.json", **({"space": space} if space else {}), log=log)
+            choice = searches[t]["choice"]
         for k in range(seeds):
             seed = 1000 * s + k
-            fits = {}
-            if any(m in PI3NN_VARIANTS for m in methods):
-                start = time.perf_counter()
-                overrides = [f"data.csv={Path(csv).resolve()}", f"data.seed={s}", f"train.seed={seed}",
-                             f"options.confidence={gamma}", *budget.pi3nn_overrides()]
-                task, model = train_run(run_dir / "pi3nn" / f"split{s}_seed{k}", overrides)
-                _check_same_rows(task, split)
-                fits.update(pi3nn_fits(task, model, data.x_test, time.perf_counter() - start))
+            fits, trained = {}, {}
+            for variant in (m for m in methods if m in PI3NN_VARIANTS):
+                trial = choice[variant]["trial"] if variant in choice else None
+                if trial not in trained:
+                    b = trial_budget(budget, choice[variant]["params"]) if variant in choice else budget
+                    trained[trial] = _pi3nn_run(run_dir, csv, gamma, s, k, b, split, trial)
+                task, model, wall = trained[trial]
+                fits[variant] = pi3nn_fits(task, model, data.x_test, wall)[variant]
             for method in methods:
                 start = time.perf_counter()
-                fitted, wall = fits[method] if method in fits else (FITTERS[method](data, budget, seed), 0.0)
+                b = trial_budget(budget, choice[method]["params"]) if method in choice else budget
+                fitted, wall = fits[method] if method in fits else (FITTERS[method](data, b, seed), 0.0)
                 lower, upper = (a * table.y_std + table.y_mean for a in fitted.interval(gamma))
                 wall += time.perf_counter() - start
-                row = {"method": method, "split": s, "seed": k, "picp": picp(y_test, lower, upper),
+                row = {"method": label[method], "split": s, "seed": k, "picp": picp(y_test, lower, upper),
                        "mpiw": mpiw(lower, upper, y_range), "wall_s": wall,
                        "rmse": float(np.sqrt(np.mean((fitted.mean * table.y_std + table.y_mean - y_test) ** 2)))}
                 if fitted.any_gamma:
@@ -108,12 +142,15 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
                         curve.append(picp(y_test, lo, hi))
                     row["calibration"] = curve
                 runs.append(row)
-                log(f"{Path(csv).stem} split {s} seed {k} {method:10s} PICP {row['picp']:.4f} MPIW "
+                log(f"{Path(csv).stem} split {s} seed {k} {label[method]:10s} PICP {row['picp']:.4f} MPIW "
                     f"{row['mpiw']:.4f} ({wall:.1f} s)")
     summary = {"csv": str(csv), "rows": int(len(y)), "features": int(x.shape[1]), "confidence": gamma,
                "splits": splits, "seeds": seeds, "budget": budget.__dict__, "calibration_levels": levels,
                "methods": {}}
-    for method in methods:
+    if tune_trials:
+        summary["tuning"] = {"trials": tune_trials, "on": tune_on, "space": space or SEARCH_SPACE,
+                             "searches": {f"split{t}": r for t, r in searches.items()}}
+    for method in (label[m] for m in methods):
         rows = [r for r in runs if r["method"] == method]
         entry = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
                  for key in ("picp", "mpiw", "rmse")}
@@ -304,6 +341,11 @@ def main(args) -> int:
     if (args.csv is None) == (args.suite is None):
         raise ValueError("give exactly one of --csv FILE or --suite {uci,ood}")
     run_dir = Path(args.run_dir)
+    tuning = {"tune_trials": args.tune_trials, "tune_on": args.tune_on}
+    if args.suite == "ood" and args.tune_trials:
+        raise ValueError(f"--tune-trials={args.tune_trials}: the search is for --csv and --suite uci; the OOD suite "
+                         "compares fixed settings")
+    check_tuning(args.tune_trials, args.tune_on, check_methods(args.methods))
     if args.suite == "ood":
         run_ood(run_dir, args.confidence, seeds=args.seeds, budget=budget)
         print((run_dir / "table.md").read_text())
@@ -313,9 +355,9 @@ def main(args) -> int:
         if unknown:
             raise ValueError(f"unknown UCI set(s) {unknown}; valid: {list(UCI_SETS)}")
         run_uci_suite(run_dir, args.data_root, sets=sets, confidence=args.confidence, splits=args.splits,
-                      seeds=args.seeds, methods=args.methods, budget=budget)
+                      seeds=args.seeds, methods=args.methods, budget=budget, **tuning)
         print((run_dir / "uci_table.md").read_text())
     else:
-        run_benchmark(args.csv, run_dir, args.confidence, args.splits, args.seeds, args.methods, budget)
+        run_benchmark(args.csv, run_dir, args.confidence, args.splits, args.seeds, args.methods, budget, **tuning)
         print((run_dir / "table.md").read_text())
     return 0

@@ -53,12 +53,16 @@ class Budget:
     mc_samples: int = 100
     gp_max_rows: int = 1500
     confidence: float = 0.95  # the gamma CQR's quantile models are trained for
+    # AdamW weight decay of the weight matrices; None: each method's shipped setting (the baselines: none,
+    # PI3NN: its config's train.weight_decay on f). Set by the per-set search (`tuning.py`).
+    weight_decay: float | None = None
 
     def pi3nn_overrides(self) -> list[str]:
         """The same budget for PI3NN's trainer runs (the rest of its settings: configs/plugins/pi3nn/benchmark.yaml)."""
         h, n = self.hidden, self.steps
+        decay = [] if self.weight_decay is None else [f"train.weight_decay={self.weight_decay}"]
         return [f"model.hidden=[{h},{h}]", f"train.max_steps={n}", f"options.bound_steps={n}", f"train.ckpt_every={n}",
-                f"data.batch_size={self.batch_size}", f"train.lr={self.lr}"]
+                f"data.batch_size={self.batch_size}", f"train.lr={self.lr}", *decay]
 
 
 @dataclass
@@ -84,13 +88,25 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a, dtype=np.float32))
 
 
+def _optimizer(params, lr: float, weight_decay: float | None) -> torch.optim.Optimizer:
+    """Adam; with a weight decay, AdamW (decoupled, Loshchilov & Hutter 2019) on the weight matrices only,
+    as the trainer decays PI3NN's networks."""
+    params = list(params)
+    if not weight_decay:
+        return torch.optim.Adam(params, lr=lr)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
 def train(params, loss_fn, x: np.ndarray, y: np.ndarray, val_loss_fn, budget: Budget, seed: int,
           modules: list[nn.Module], steps: int | None = None, lr: float | None = None) -> float:
-    """Adam with cosine decay on minibatches of (x, y); restores the state of the best validation loss."""
+    """Adam (AdamW with `budget.weight_decay`) with cosine decay on minibatches of (x, y); restores the
+    state of the best validation loss."""
     steps, lr = steps or budget.steps, lr or budget.lr
     g = torch.Generator().manual_seed(seed)
     xt, yt = _t(x), _t(y)
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = _optimizer(params, lr, budget.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.01)
     best, best_state = math.inf, None
     n = len(xt)
