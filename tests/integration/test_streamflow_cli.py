@@ -1,7 +1,8 @@
 """The streamflow plug-in end to end through the CLI: every model family trains and is scored per basin
 and lead on synthetic basins, the shared CAMELS-US basins train and evaluate, `orbit evaluate` writes
 netCDF with basin and time coordinates, `orbit explain` attributes, the ungauged protocol keeps basins
-apart, two data-parallel ranks match one process, and bad input fails before training, naming it."""
+apart, the checkpoint is chosen on the validation loss, two data-parallel ranks match one process, and bad
+input fails before training, naming it."""
 import json
 
 import pytest
@@ -67,6 +68,8 @@ def test_pi3nn_intervals_train_as_three_phases_and_are_written(tmp_path):
     assert intervals["val"]["picp"] == pytest.approx(0.8, abs=0.02)  # calibrated on the validation period
     assert 0 < intervals["test"]["picp"] <= 1 and [r["year"] for r in intervals["test"]["by_year"]] == [1994, 1995]
     assert set(step_losses(run)) == set(range(2, 15, 2))  # 6 mean + 4 upper + 4 lower steps
+    assert {phase: s["metric"] for phase, s in _summary(run)["selected"].items()} == \
+        {"mean": "val_mean_loss", "upper": "val_upper_loss", "lower": "val_lower_loss"}  # each on its own loss
     assert main(["evaluate", "--run-dir", str(run), "--format", "netcdf"]) == 0
     p = xr.open_dataset(run / "evaluation" / "predictions.nc")
     assert bool((p.q_lower <= p.q_pred).all()) and bool((p.q_pred <= p.q_upper).all())
@@ -75,7 +78,7 @@ def test_pi3nn_intervals_train_as_three_phases_and_are_written(tmp_path):
 def test_camels_basins_train_and_evaluate(tmp_path):
     run = tmp_path / "camels"
     assert main(["train", "--config", CAMELS, "--run-dir", str(run), "train.max_steps=6", "train.log_every=2",
-                 "train.ckpt_every=6", "train.eval_every=0", "model.hidden=8"]) == 0
+                 "train.ckpt_every=6", "train.eval_every=3", "model.hidden=8"]) == 0
     summary = _summary(run)
     assert set(summary["per_basin"]["test"]["geo_lstm"]) == {"01022500", "01547700", "02064000"}
     assert summary["protocol"]["periods"]["test"] == ["2002-01-01", "2002-12-31"]
@@ -95,6 +98,25 @@ def test_ungauged_protocol_keeps_basins_apart(tmp_path):
     assert not set(basins["train"]) & set(basins["test"]) and not set(basins["val"]) & set(basins["test"])
     assert set(summary["per_basin"]["test"]) == {"geo_lstm", "climatology"}  # no persistence without a gauge
     assert set(summary["per_basin"]["test"]["geo_lstm"]) == set(basins["test"])
+
+
+def test_checkpoint_is_chosen_on_the_validation_loss(tmp_path):
+    """select_mode=max keeps the worst validation state (an early step, so the restore is exercised): the
+    run ends with that step's weights, and its final scores are theirs."""
+    run = tmp_path / "select"
+    assert main(["train", "--config", TINY, "--run-dir", str(run), *FAST, "train.max_steps=30",
+                 "train.eval_every=10", "train.ckpt_every=30", "train.select_mode=max"]) == 0
+    summary = _summary(run)
+    chosen = summary["selected"]["mean"]
+    assert chosen["metric"] == "val_mean_loss" and chosen["step"] in (10, 20)
+    assert summary["scalars"]["val_mean_loss"] == pytest.approx(chosen["value"], rel=1e-5)
+    assert "Phase 'mean': weights of step" in (run / "streamflow_report.md").read_text()
+
+
+def test_intervals_refuse_one_selection_key_for_three_networks(tmp_path, capsys):
+    assert main(["train", "--config", TINY, "--run-dir", str(tmp_path / "bad"), *FAST, "options.intervals=true",
+                 "train.select_best=val_mean_loss"]) == 2
+    assert "use train.select_best=val_{phase}_loss" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, message", [

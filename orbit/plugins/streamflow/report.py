@@ -23,7 +23,10 @@ def markdown(summary: dict[str, Any], family: str, horizon: int) -> str:
     proto = summary.get("protocol", {})
     scored = [len(summary["per_basin"][s][family]) for s in ("val", "test")]
     lines = [f"Streamflow `{family}`, step {summary.get('step')}, split {proto.get('split')}, periods "
-             f"{proto.get('periods')}; median over the scored basins (val/test: {scored[0]}/{scored[1]})", ""]
+             f"{proto.get('periods')}; median over the scored basins (val/test: {scored[0]}/{scored[1]})"]
+    lines += [f"Phase {phase!r}: weights of step {best['step']}, chosen on validation ({best['metric']} = "
+              f"{best['value']:.4g}, train.select_best)." for phase, best in summary.get("selected", {}).items()]
+    lines.append("")
     leads = sorted({0, horizon - 1})
     head = " | ".join(f"{s} {m} lead {h + 1}" for s in ("val", "test") for m in ("NSE", "KGE") for h in leads)
     lines += [f"| forecaster | {head} |", "|---" * (1 + 4 * len(leads)) + "|"]
@@ -41,7 +44,8 @@ def markdown(summary: dict[str, Any], family: str, horizon: int) -> str:
                       f"competitor; on CAMELS basins it is a real baseline."]
     if "intervals" in summary:
         iv = summary["intervals"]
-        lines += ["", f"PI3NN intervals at confidence {iv['confidence']} (calibrated on {iv['calibrated_on']}), lead 1:",
+        lines += ["", f"PI3NN intervals at confidence {iv['confidence']} (calibrated on {iv['calibrated_on']}), "
+                      f"lead 1:",
                   "", "| period | PICP | mean width (mm/day) | RMSE (mm/day) |", "|---|---|---|---|"]
         for split in ("val", "test"):
             for row in iv[split]["by_year"]:

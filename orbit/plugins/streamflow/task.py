@@ -12,6 +12,12 @@ Protocols (`data.split`):
 Loss (`options.loss`): "mse" on normalised flow, or NeuralHydrology's basin-normalised NSE*
 (Kratzert et al. 2019): ``mean_i (q^_i - q_i)^2 / (sigma_b(i) + 0.1)^2``, sigma_b the basin's
 training-period std of normalised flow. Missing targets are left out of both.
+Model selection: every evaluation reports `val_mean_loss`, the training loss of the (mean) network on a
+fixed subset of validation windows, and with intervals each bound phase's own loss (`val_upper_loss`,
+`val_lower_loss`); the configs select each phase's network on its own (`train.select_best:
+val_{phase}_loss`; the single training phase is called "mean"). The trainer's periodic evaluations (before a training run's last step)
+compute only these, so nothing is scored on the test period while the checkpoint is being chosen; the
+last step's evaluation and `orbit evaluate` score validation and test in full.
 """
 from __future__ import annotations
 
@@ -137,8 +143,13 @@ class StreamflowEvalConfig(EvalConfig):
     conceptual_generations: int = 40
     conceptual_popsize: int = 10
     conceptual_spinup: int = 365
+    # model selection: the validation losses are computed on at most this many validation windows (evenly spaced over
+    # the scored validation basins' samples), so a periodic evaluation costs little next to training
+    select_samples: int = 4096
 
     def validate(self) -> None:
+        if self.select_samples < 1:
+            raise ValueError(f"eval.select_samples={self.select_samples} must be >= 1")
         check_settings(self.conceptual_objective, self.conceptual_generations, self.conceptual_popsize,
                        self.conceptual_spinup)
 
@@ -211,8 +222,15 @@ class StreamflowTask(Task):
                              f"simulation (horizon 1); got data.horizon={d.horizon}: set it false for forecasts")
         if cfg.eval.conceptual_baseline:
             check_drivers(self.data.driver_names)
+        select = cfg.train.select_best
+        if cfg.options.intervals and select and "{phase}" not in select:
+            raise ValueError(f"train.select_best={select!r} with options.intervals: the three networks need "
+                             f"their own criterion each; use train.select_best=val_{{phase}}_loss")
         self.scores: dict[str, Any] = {}
         self.conceptual: tuple[dict[int, np.ndarray], dict[str, Any]] | None = None
+        self.total_steps = sum(p.steps for p in self.phases(cfg.train))
+        self.training_run = False  # set once the trainer asks for batches (see `evaluate`)
+        self._val_windows: StreamflowBatch | None = None  # see validation_windows
 
     def _network(self, hidden: int) -> nn.Module:
         m = self.cfg.model
@@ -230,13 +248,14 @@ class StreamflowTask(Task):
 
     def phases(self, train_cfg) -> list[Phase]:
         if not self.cfg.options.intervals:
-            return super().phases(train_cfg)
+            return [Phase("mean", train_cfg.max_steps)]
         bound = self.cfg.options.bound_steps or train_cfg.max_steps
         return [Phase("mean", train_cfg.max_steps, ("mean",)),
                 Phase("upper", bound, ("upper",), loss=lambda out, batch: intervals.one_sided_loss(out, batch.y, 1)),
                 Phase("lower", bound, ("lower",), loss=lambda out, batch: intervals.one_sided_loss(out, batch.y, 2))]
 
     def train_batches(self, dp_rank: int, dp_size: int) -> WindowBatches:
+        self.training_run = True
         b, t0 = self.train_samples
         return WindowBatches(self.windows, b, t0, self.cfg.data.batch_size, self.cfg.train.seed, dp_rank, dp_size)
 
@@ -267,7 +286,8 @@ class StreamflowTask(Task):
         b, t0 = self.windows.samples(rows, first, last, require_target=False)
         out = []
         for start in range(0, len(b), self.cfg.eval.batch_size):
-            batch = self.windows.batch(b[start:start + self.cfg.eval.batch_size], t0[start:start + self.cfg.eval.batch_size])
+            stop = start + self.cfg.eval.batch_size
+            batch = self.windows.batch(b[start:stop], t0[start:stop])
             out.append(engine.forward(batch.inputs()).float().cpu().numpy())
         out = np.concatenate(out).astype(np.float64)
         n_t0 = len(b) // len(rows)
@@ -310,8 +330,42 @@ class StreamflowTask(Task):
                                                   e.conceptual_spinup, self.cfg.data.seed)
         return self.conceptual
 
+    def validation_windows(self) -> StreamflowBatch:
+        """The fixed validation windows of the validation losses: at most `eval.select_samples`, evenly spaced over
+        the samples (observed targets only) of the scored validation basins in the validation period."""
+        if self._val_windows is None:
+            first, last = self.days["val"]
+            b, t0 = self.windows.samples(self.eval_rows("val"), first, last, require_target=True)
+            if len(b) == 0:
+                raise ValueError(f"no validation sample: no scored validation basin has {self.cfg.data.horizon} "
+                                 f"observed day(s) of flow in a row in {self.cfg.data.val_period}")
+            keep = np.unique(np.linspace(0, len(b) - 1, min(len(b), self.cfg.eval.select_samples)).round()
+                             .astype(int))
+            self._val_windows = self.windows.batch(b[keep], t0[keep])
+        return self._val_windows
+
+    @torch.no_grad()
+    def validation_losses(self, engine) -> dict[str, float]:
+        """Each phase's own loss on `validation_windows` (for `train.select_best: val_{phase}_loss`):
+        `val_mean_loss` (the run's loss of the mean network), with intervals also `val_upper_loss` and
+        `val_lower_loss` (intervals.one_sided_loss)."""
+        batch, size = self.validation_windows(), self.cfg.eval.batch_size
+        inputs = batch.inputs()
+        out = torch.cat([engine.forward(tuple(x[i:i + size] for x in inputs)).float().cpu()
+                         for i in range(0, len(batch.y), size)])
+        losses = {"val_mean_loss": float(self.loss(out, batch))}
+        if self.cfg.options.intervals:
+            losses.update(val_upper_loss=float(intervals.one_sided_loss(out, batch.y, 1)),
+                          val_lower_loss=float(intervals.one_sided_loss(out, batch.y, 2)))
+        return losses
+
     def evaluate(self, engine, step: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"scalars": {}, "median": {}, "per_basin": {}}
+        """Validation losses; unless this is a periodic evaluation of a training run (before its last
+        step), also the full validation and test scores (module docstring)."""
+        losses = self.validation_losses(engine)
+        if self.training_run and step < self.total_steps:
+            return {"scalars": losses}
+        out: dict[str, Any] = {"scalars": losses, "median": {}, "per_basin": {}}
         for split in ("val", "test"):
             p = self.predict(engine, split)
             self.scores[split] = p
