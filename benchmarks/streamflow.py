@@ -2,10 +2,13 @@
 and ungauged protocols, 1-30 day forecasts) and the shared CAMELS-US basins, then `orbit explain`;
 writes benchmarks/results/streamflow_benchmark.md (+ .json, lead-time and NSE-CDF figures).
 
-Every model gets the same budget (steps, batch, learning rate, schedule); nothing is tuned, so the
-validation period only reports. The process-based baseline (the conceptual model calibrated per basin,
-orbit/plugins/streamflow/conceptual.py) is computed on the temporal, ungauged and CAMELS splits (cases
-0, 3, 8); for runs trained before it existed, `orbit evaluate` adds it to the run's checkpoint. Run from the repository root (one CPU thread per process is plenty):
+Every model gets the same budget (steps, batch, learning rate, schedule) and the same model selection:
+the configs keep the state with the lowest validation loss of the evaluations every `--eval-every`
+steps (train.select_best); nothing else is tuned. The process-based baseline (the conceptual model
+calibrated per basin, orbit/plugins/streamflow/conceptual.py) is computed on the temporal, ungauged and
+CAMELS splits (cases 0, 3, 8); for runs trained before it existed, `orbit evaluate` adds it to the run's
+checkpoint. A case whose run directory holds a summary is not run again. Run from the repository root
+(one CPU thread per process is plenty):
 
     OMP_NUM_THREADS=1 python benchmarks/streamflow.py --steps 1000 --out benchmarks/results/streamflow
 """
@@ -41,11 +44,14 @@ CASES = [
     ("geo_lstm", "camels.yaml", "CAMELS-US 3 basins, temporal", [CONCEPTUAL, "eval.conceptual_spinup=90"]),
     ("lstm + PI3NN", "lstm.yaml", "changing conditions (90% intervals)", ["options.intervals=true",
                                                                           "options.bound_steps=500"]),
+    ("lstm + PI3NN", "changing.yaml", "changing conditions, 0.2 degC/yr (90% intervals)",
+     ["options.bound_steps=500"]),
 ]
 EXPLAIN = {0: ["ig", "shap"], 2: ["attention"], 7: ["attention"]}  # case index -> methods
 FIGURES = [(0, "explain/attribution_ig.png", "attribution_ig.png"), (0, "explain/attribution_shap.png",
             "attribution_shap.png"), (2, "explain/attention_imv.png", "attention_imv.png"),
-           (9, "streamflow_hydrograph.png", "hydrograph_intervals.png")]
+           (9, "streamflow_hydrograph.png", "hydrograph_intervals.png"),
+           (10, "streamflow_hydrograph.png", "hydrograph_intervals_warming.png")]
 
 
 def _orbit(args: list[str], log: Path) -> float:
@@ -67,13 +73,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-basins", type=int, default=25, help="basins scored per split (evenly spaced)")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between validation losses (selection)")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of every case (data stay the same)")
     parser.add_argument("--runs", type=Path, default=Path("runs/streamflow-benchmark"))
     parser.add_argument("--out", default="benchmarks/results/streamflow")
     parser.add_argument("--cases", type=int, nargs="+", default=None, help="indices into CASES (default: all)")
     args = parser.parse_args()
-    budget = [f"train.max_steps={args.steps}", f"data.batch_size={args.batch_size}", "train.eval_every=0",
-              f"train.ckpt_every={args.steps}", f"train.warmup_steps={max(1, args.steps // 20)}",
-              f"eval.max_basins={args.eval_basins}", "train.log_every=100"]
+    budget = [f"train.max_steps={args.steps}", f"data.batch_size={args.batch_size}",
+              f"train.eval_every={args.eval_every}", f"train.ckpt_every={args.steps}",
+              f"train.warmup_steps={max(1, args.steps // 20)}", f"eval.max_basins={args.eval_basins}",
+              "train.log_every=100", f"train.seed={args.seed}"]
     args.runs.mkdir(parents=True, exist_ok=True)
     results = []
     for index, (label, config, protocol, extra) in enumerate(CASES):
@@ -81,7 +90,8 @@ def main() -> int:
             continue
         run = args.runs / f"case{index}"
         if (run / "summary.json").is_file():
-            seconds = json.loads((run / "bench.json").read_text())["seconds"] if (run / "bench.json").is_file() else None
+            bench = run / "bench.json"
+            seconds = json.loads(bench.read_text())["seconds"] if bench.is_file() else None
         else:
             seconds = _orbit(["train", "--config", f"{CFG}/{config}", "--run-dir", str(run), *budget, *extra],
                              args.runs / f"case{index}.log")
@@ -95,6 +105,7 @@ def main() -> int:
             summary = json.loads((run / "conceptual" / "evaluation.json").read_text())
         entry = {"index": index, "label": label, "config": config, "protocol": protocol, "overrides": extra,
                  "seconds": seconds, "median": summary["median"], "intervals": summary.get("intervals"),
+                 "selected": summary.get("selected"),
                  "conceptual": {k: v for k, v in summary.get("conceptual", {}).items()
                                 if k not in ("parameters", "train_objective", "donors")} or None,
                  "test_nse": {name: [v["nse"][0] for v in table.values()]
@@ -147,18 +158,23 @@ def _model_key(median: dict) -> str:
 def markdown(results: list[dict], budget: list[str], args) -> str:
     lines = ["# Streamflow benchmark", "",
              f"Command: `OMP_NUM_THREADS=1 python benchmarks/streamflow.py --steps {args.steps} --batch-size "
-             f"{args.batch_size} --eval-basins {args.eval_basins}`; every case: `orbit train --config "
-             f"configs/plugins/streamflow/<config> {' '.join(budget)} <overrides>`. Same budget for every model, "
-             f"nothing tuned. Median over scored basins of NSE / KGE (lead 1; forecasts also lead 30), "
-             f"validation and test periods kept apart (synthetic: train 1981-95, val 1996-2000, test 2001-09, "
-             f"the warmest years of a 0.03 degC/yr trend).", "",
-             "| model | protocol | config | val NSE | test NSE | test KGE | test NSE lead 30 | persistence test NSE "
-             "| climatology test NSE | wall s (train + eval, busy shared CPU) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{args.batch_size} --eval-basins {args.eval_basins} --eval-every {args.eval_every} --seed "
+             f"{args.seed}`; every case: `orbit train --config configs/plugins/streamflow/<config> "
+             f"{' '.join(budget)} <overrides>`. Same budget for every model; the state kept is the one with the "
+             f"lowest validation loss (`train.select_best: val_{{phase}}_loss` in the configs; chosen step(s) "
+             f"below, '–': a run from before model selection, last step), nothing else tuned. Median over "
+             f"scored basins of NSE / KGE (lead 1; forecasts also lead 30), validation and test periods kept "
+             f"apart (synthetic: train 1981-95, val 1996-2000, test 2001-09, the warmest years of the warming "
+             f"trend: 0.03 degC/yr, changing.yaml 0.2 degC/yr).", "",
+             "| model | protocol | config | chosen step(s) | val NSE | test NSE | test KGE | test NSE lead 30 "
+             "| persistence test NSE | climatology test NSE | wall s (train + eval, busy shared CPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r["median"]
         key = _model_key(m["test"])
         pers = m["test"].get("persistence", {}).get("nse", [None])
-        lines.append(f"| {r['label']} | {r['protocol']} | {r['config']} {' '.join(r['overrides'])} | "
+        chosen = " / ".join(str(v["step"]) for v in (r.get("selected") or {}).values()) or "–"
+        lines.append(f"| {r['label']} | {r['protocol']} | {r['config']} {' '.join(r['overrides'])} | {chosen} | "
                      f"{_fmt(m['val'][key]['nse'][0])} | {_fmt(m['test'][key]['nse'][0])} | "
                      f"{_fmt(m['test'][key]['kge'][0])} | "
                      f"{_fmt(m['test'][key]['nse'][-1]) if len(m['test'][key]['nse']) > 1 else '–'} | "
@@ -202,20 +218,24 @@ def markdown(results: list[dict], budget: list[str], args) -> str:
         if not r.get("intervals"):
             continue
         iv = r["intervals"]
-        lines += ["", f"## Changing conditions: {r['label']}, {100 * iv['confidence']:.0f}% PI3NN intervals "
-                      f"calibrated on the validation period (1996-2000), lead 1, pooled over scored basins", "",
+        lines += ["", f"## {r['protocol']}: {r['label']} ({r['config']}), {100 * iv['confidence']:.0f}% PI3NN "
+                      f"intervals calibrated on the validation period (1996-2000), lead 1, pooled over scored "
+                      f"basins", "",
                   "| period | year | PICP | mean width (mm/day) | RMSE (mm/day) |", "|---|---|---|---|---|"]
         for split in ("val", "test"):
             for row in iv[split]["by_year"]:
-                lines.append(f"| {split} | {row['year']} | {row['picp']:.3f} | {row['width']:.3f} | {row['rmse']:.3f} |")
-        lines.append(f"\nSpearman correlation over test basins of mean interval width with RMSE: "
-                     f"{_fmt(iv['test']['spearman_width_rmse_over_basins'])}; test PICP {iv['test']['picp']:.3f}, "
+                lines.append(f"| {split} | {row['year']} | {row['picp']:.3f} | {row['width']:.3f} | "
+                             f"{row['rmse']:.3f} |")
+        lines.append(f"\nSpearman correlation of mean interval width with RMSE over test basins: "
+                     f"{_fmt(iv['test']['spearman_width_rmse_over_basins'])}, over test years: "
+                     f"{_fmt(iv['test'].get('spearman_width_rmse_over_years'))}; test PICP {iv['test']['picp']:.3f}, "
                      f"validation PICP {iv['val']['picp']:.3f}.")
     for r in results:
         if "explain" not in r:
             continue
         e = r["explain"]
-        lines += ["", f"## Explanations: {r['label']} ({r['protocol']}), {e['samples']} test samples, lead {e['lead']}"]
+        lines += ["", f"## Explanations: {r['label']} ({r['protocol']}), {e['samples']} test samples, lead "
+                      f"{e['lead']}"]
         if "ig_completeness" in e:
             c = e["ig_completeness"]
             lines.append(f"- IG completeness: mean |gap| {c['mean_abs_gap']:.4f}, median {c['median_abs_gap']:.2e}, "

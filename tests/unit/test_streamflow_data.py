@@ -49,7 +49,8 @@ def test_missing_flow_is_nan_and_an_all_missing_period_names_basin_and_dates(tmp
     assert np.isnan(data.flow[0, year >= 2001]).all() and np.isfinite(data.flow[0, year == 2000]).all()
     periods = {"train": parse_period(["2000-03-01", "2000-12-31"], "train_period"),
                "test": parse_period(["2001-01-01", "2001-12-31"], "test_period")}
-    with pytest.raises(ValueError, match=r"\['01022500'\] have no observed flow in the test period 2001-01-01..2001-12-31"):
+    with pytest.raises(ValueError,
+                       match=r"\['01022500'\] have no observed flow in the test period 2001-01-01..2001-12-31"):
         check_periods(data, periods, 30, 1)
 
 
@@ -62,7 +63,7 @@ def test_a_missing_basin_and_a_period_outside_the_data_are_named():
 
 
 def test_synthetic_basins_are_seeded_and_warm_at_the_documented_rate():
-    a, b = synthetic_basins(20, 1980, 2009, warming=0.05, seed=1), synthetic_basins(20, 1980, 2009, warming=0.05, seed=1)
+    a, b = (synthetic_basins(20, 1980, 2009, warming=0.05, seed=1) for _ in range(2))
     np.testing.assert_array_equal(a.flow, b.flow)
     years = a.dates.astype("datetime64[Y]").astype(int) + 1970
     temp = a.drivers[..., 1:3].mean(-1)
@@ -92,7 +93,8 @@ def test_windows_normalise_with_training_basins_and_days_only_and_shard_like_one
     assert batch.x_past.shape == (5, 10, 6) and batch.x_future.shape == (5, 3, 6) and batch.y.shape == (5, 3)
     np.testing.assert_allclose(batch.y[0].numpy(), w.q[b[0], t0[0] + 1:t0[0] + 4])
     noise = w.forecast_noise(b, t0)
-    assert noise[:, 0].std() == pytest.approx(0.2, rel=0.1) and noise[:, 2].std() == pytest.approx(0.2 * 3 ** 0.5, rel=0.1)
+    assert noise[:, 0].std() == pytest.approx(0.2, rel=0.1)
+    assert noise[:, 2].std() == pytest.approx(0.2 * 3 ** 0.5, rel=0.1)
     one = next(iter(WindowBatches(w, b, t0, 8, seed=0, rank=0, world_size=1)))
     two = [next(iter(WindowBatches(w, b, t0, 4, seed=0, rank=r, world_size=2))) for r in range(2)]
     torch.testing.assert_close(torch.cat([two[0].x_past, two[1].x_past]), one.x_past)

@@ -74,8 +74,8 @@ def bounds(cals: list[IntervalCalibrator], f, u, l, gamma: float) -> tuple[np.nd
 def interval_scores(obs: np.ndarray, pred: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                     years: np.ndarray) -> dict[str, Any]:
     """Coverage (PICP), mean width and RMSE (mm/day) of lead 1 overall and per calendar year of the
-    target day, and the Spearman correlation over basins of mean width with RMSE (do intervals widen
-    where errors grow?)."""
+    target day, and the Spearman correlations of mean width with RMSE over basins and over years (do
+    intervals widen where errors grow, across places and as the climate changes?)."""
     from scipy.stats import spearmanr
 
     o, p, lo, hi = (a[..., 0] for a in (obs, pred, lower, upper))
@@ -88,5 +88,6 @@ def interval_scores(obs: np.ndarray, pred: np.ndarray, lower: np.ndarray, upper:
     width_b = np.array([np.mean((hi - lo)[b][seen[b]]) for b in range(len(o))])
     rmse_b = np.array([np.sqrt(np.mean((p - o)[b][seen[b]] ** 2)) for b in range(len(o))])
     rho = float(spearmanr(width_b, rmse_b)[0]) if len(o) > 2 else None
+    rho_years = float(spearmanr([r["width"] for r in rows], [r["rmse"] for r in rows])[0]) if len(rows) > 2 else None
     return {"picp": picp(o[seen], lo[seen], hi[seen]), "width": float(np.mean((hi - lo)[seen])),
-            "by_year": rows, "spearman_width_rmse_over_basins": rho}
+            "by_year": rows, "spearman_width_rmse_over_basins": rho, "spearman_width_rmse_over_years": rho_years}

@@ -51,7 +51,8 @@ def markdown(summary: dict[str, Any], family: str, horizon: int) -> str:
             for row in iv[split]["by_year"]:
                 lines.append(f"| {split} {row['year']} | {row['picp']:.3f} | {row['width']:.3f} | {row['rmse']:.3f} |")
         lines.append(f"\nSpearman correlation over test basins of mean width with RMSE: "
-                     f"{_fmt(iv['test']['spearman_width_rmse_over_basins'])}")
+                     f"{_fmt(iv['test']['spearman_width_rmse_over_basins'])}; over test years: "
+                     f"{_fmt(iv['test'].get('spearman_width_rmse_over_years'))}")
     return "\n".join(lines)
 
 

@@ -15,9 +15,10 @@ training-period std of normalised flow. Missing targets are left out of both.
 Model selection: every evaluation reports `val_mean_loss`, the training loss of the (mean) network on a
 fixed subset of validation windows, and with intervals each bound phase's own loss (`val_upper_loss`,
 `val_lower_loss`); the configs select each phase's network on its own (`train.select_best:
-val_{phase}_loss`; the single training phase is called "mean"). The trainer's periodic evaluations (before a training run's last step)
-compute only these, so nothing is scored on the test period while the checkpoint is being chosen; the
-last step's evaluation and `orbit evaluate` score validation and test in full.
+val_{phase}_loss`; the single training phase is called "mean"). The trainer's periodic evaluations
+(before a training run's last step) compute only these, so nothing is scored on the test period while
+the checkpoint is being chosen; the last step's evaluation and `orbit evaluate` score validation and
+test in full.
 """
 from __future__ import annotations
 
