@@ -81,3 +81,8 @@ def test_uq_benchmark_errors_name_the_value_and_what_is_valid(tmp_path, capsys):
     assert "'magic'" in err and "ensemble" in err
     assert main(["uq", "benchmark", "--run-dir", str(tmp_path / "r")]) == 2
     assert "exactly one of --csv" in capsys.readouterr().err
+    assert main(["uq", "benchmark", "--csv", str(csv), "--tune-trials", "-2", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "--tune-trials must be an integer >= 0 (0: no search), got -2" in capsys.readouterr().err
+    assert main(["uq", "benchmark", "--csv", str(csv), "--tune-trials", "4", "--methods", "gp", "--run-dir",
+                 str(tmp_path / "r")]) == 2
+    assert "none of the methods ['gp'] is searched" in capsys.readouterr().err
