@@ -6,6 +6,7 @@ go beside the shipped settings); runs of different splits or seeds are refused.
 
     python benchmarks/pi3nn_tables.py RUN_A RUN_B > table.md
     python benchmarks/pi3nn_tables.py RUN_A RUN_B --plots DIR    # also DIR/pi3nn_uci_calibration_<set>.png
+    python benchmarks/pi3nn_tables.py RUN_A RUN_B --json FILE    # also the merged per-set summaries
 """
 import json
 import sys
@@ -15,10 +16,18 @@ from orbit.plugins.pi3nn.benchmark import UCI_SETS, format_suite, plot_calibrati
 from orbit.plugins.pi3nn.methods import METHODS
 
 
+def _sets(run: Path) -> dict:
+    """A suite's `uci_table.json`, or, while it is still running, the sets it has finished."""
+    if (run / "uci_table.json").is_file():
+        return json.loads((run / "uci_table.json").read_text())
+    return {name: json.loads((run / name / "summary.json").read_text()) for name in UCI_SETS
+            if (run / name / "summary.json").is_file()}
+
+
 def merge(run_dirs: list[str]) -> dict:
     results: dict = {}
     for run in run_dirs:
-        for name, summary in json.loads((Path(run) / "uci_table.json").read_text()).items():
+        for name, summary in _sets(Path(run)).items():
             if name not in results:
                 results[name] = summary
                 continue
@@ -40,7 +49,13 @@ def main(args: list[str]) -> str:
     if "--plots" in args:
         at = args.index("--plots")
         plots, args = Path(args[at + 1]), args[:at] + args[at + 2:]
+    out_json = None
+    if "--json" in args:
+        at = args.index("--json")
+        out_json, args = Path(args[at + 1]), args[:at] + args[at + 2:]
     results = merge(args)
+    if out_json is not None:
+        out_json.write_text(json.dumps(results, indent=1))
     if plots is not None:
         for name, summary in results.items():  # calibration curve per method, mean over the splits
             plot_calibration(summary, plots / f"pi3nn_uci_calibration_{name}.png", title=name)
