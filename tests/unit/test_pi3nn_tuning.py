@@ -37,6 +37,7 @@ def test_choice_uses_validation_rows_only(tmp_path):
     assert set(search["choice"]) == set(METHODS) and len(search["trials"]) == 3 and search["trials"][0] == {}
     assert search2["scores"] == search["scores"] and search2["choice"] == search["choice"]
     assert set(base["methods"]) == {f"{m}_tuned" for m in METHODS}
+    assert base["methods"]["pi3nn_tuned"]["wall_s"]["mean"] > 0  # split 0 reuses the search's run and its time
     assert base["methods"]["ensemble_tuned"]["picp"] != other_test["methods"]["ensemble_tuned"]["picp"]
     y3 = y.copy()  # other validation targets: the scores the choice rests on change
     y3[split.val] += np.random.default_rng(4).normal(size=len(split.val))

@@ -84,6 +84,12 @@ def _pi3nn_run(run_dir: Path, csv, gamma: float, s: int, k: int, budget: Budget,
     return task, model, time.perf_counter() - start
 
 
+def _search_wall(search: dict, trial: int) -> float:
+    """Training time of a PI3NN search trial: the variant scored first trained it, the other reused it."""
+    walls = search.get("wall_s", {})
+    return float(sum(walls[m][trial] for m in PI3NN_VARIANTS if m in walls))
+
+
 def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95, splits: int = 5, seeds: int = 1,
                   methods=None, budget: Budget | None = None, log=print, tune_trials: int = 0,
                   tune_on: str = "each", space: dict | None = None) -> dict[str, Any]:
@@ -124,6 +130,8 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
                 if trial not in trained:
                     b = trial_budget(budget, choice[variant]["params"]) if variant in choice else budget
                     trained[trial] = _pi3nn_run(run_dir, csv, gamma, s, k, b, split, trial)
+                    if tune_trials and k == 0 and s == t:  # the search's own run, reused: its training time
+                        trained[trial] = (*trained[trial][:2], _search_wall(searches[t], trial))
                 task, model, wall = trained[trial]
                 fits[variant] = pi3nn_fits(task, model, data.x_test, wall)[variant]
             for method in methods:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -90,10 +91,10 @@ def tune(data: SplitData, methods: list[str], budget: Budget, trials: int, seed:
     """Score every trial of every tunable method in `methods` on the validation rows of `data` and pick
     the lowest interval score. `pi3nn_run(budget, trial)` returns the trained (task, model) of a PI3NN
     trial on the same rows. Returns {"trials": [...], "scores": {method: [...]}, "choice": {method:
-    {"trial", "params", "score", "picp"}}}; kept in `cache` (JSON) and reused when the trials match."""
+    {"trial", "params", "score", "picp"}}, "wall_s": {method: [...]}}; kept in `cache` (JSON) and reused when the trials match."""
     gamma = budget.confidence
     trial_params = candidates(trials, space)
-    record: dict[str, Any] = {"trials": trial_params, "seed": seed, "scores": {}, "picp": {}}
+    record: dict[str, Any] = {"trials": trial_params, "seed": seed, "scores": {}, "picp": {}, "wall_s": {}}
     if cache is not None and cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("trials") == trial_params and saved.get("seed") == seed:
@@ -103,9 +104,10 @@ def tune(data: SplitData, methods: list[str], budget: Budget, trials: int, seed:
     for method in tuned:
         if method in record["scores"]:
             continue
-        scores, coverage = [], []
+        scores, coverage, walls = [], [], []
         for i, params in enumerate(trial_params):
             b = trial_budget(budget, params)
+            start = time.perf_counter()
             if method in ("pi3nn", "pi3nn_val"):
                 task, model = pi3nn_run(b, i)
                 f, u, l = outputs(model, data.x_val).T
@@ -113,11 +115,12 @@ def tune(data: SplitData, methods: list[str], budget: Budget, trials: int, seed:
                 lower, upper = cal.bounds(f, u, l, gamma)
             else:
                 lower, upper = FITTERS[method](val, b, seed).interval(gamma)
+            walls.append(time.perf_counter() - start)  # pi3nn_val reuses pi3nn's trained runs: ~0
             scores.append(interval_score(data.y_val, lower, upper, gamma))
             coverage.append(picp(data.y_val, lower, upper))
             log(f"  tune {method:10s} trial {i} {params or 'shipped'}: val interval score {scores[-1]:.4f}, "
                 f"val PICP {coverage[-1]:.3f}")
-        record["scores"][method], record["picp"][method] = scores, coverage
+        record["scores"][method], record["picp"][method], record["wall_s"][method] = scores, coverage, walls
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(record, indent=1))
