@@ -240,7 +240,26 @@ def format_suite(results: dict[str, dict]) -> str:
     out += ["### wall time per fit (s)", "", "| data | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for name, s in results.items():
         out.append(f"| {name} | " + " | ".join(f"{s['methods'][m]['wall_s']['mean']:.1f}" for m in methods) + " |")
+    out += _format_choices(results)
     return "\n".join(out) + "\n"
+
+
+def _format_choices(results: dict[str, dict]) -> list[str]:
+    """The settings the per-set search chose (trial 0: the shipped setting) with their validation scores."""
+    rows = []
+    for name, s in results.items():
+        for split, search in s.get("tuning", {}).get("searches", {}).items():
+            for method, c in search["choice"].items():
+                walls = search.get("wall_s", {}).get(method, [])
+                setting = ", ".join(f"{k} {v:g}" for k, v in c["params"].items()) or "shipped"
+                rows.append(f"| {name} | {split} | {method} | {c['trial']} | {setting} | "
+                            f"{c['score']:.3f} | {c['picp']:.3f} | {sum(walls):.0f} |")
+    if not rows:
+        return []
+    trials = next(s["tuning"]["trials"] for s in results.values() if "tuning" in s)
+    return ["", f"### settings chosen by the search ({trials} trials, validation rows only)", "",
+            "| data | searched on | method | trial | setting | val interval score | val PICP | search s |",
+            "|---|---|---|---|---|---|---|---|", *rows]
 
 
 # ----------------------------------------------------------------------------- OOD
