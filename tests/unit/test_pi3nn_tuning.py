@@ -5,7 +5,7 @@ import argparse
 import numpy as np
 import pytest
 
-from orbit.plugins.pi3nn.benchmark import main, run_benchmark
+from orbit.plugins.pi3nn.benchmark import format_suite, main, run_benchmark
 from orbit.plugins.pi3nn.data import heteroscedastic, split_rows
 from orbit.plugins.pi3nn.methods import Budget
 from orbit.plugins.pi3nn.tuning import candidates, check_tuning, interval_score
@@ -38,6 +38,8 @@ def test_choice_uses_validation_rows_only(tmp_path):
     assert search2["scores"] == search["scores"] and search2["choice"] == search["choice"]
     assert set(base["methods"]) == {f"{m}_tuned" for m in METHODS}
     assert base["methods"]["pi3nn_tuned"]["wall_s"]["mean"] > 0  # split 0 reuses the search's run and its time
+    table = format_suite({"toy": base})
+    assert "settings chosen by the search (3 trials" in table and "| toy | split0 | mc_dropout |" in table
     assert base["methods"]["ensemble_tuned"]["picp"] != other_test["methods"]["ensemble_tuned"]["picp"]
     y3 = y.copy()  # other validation targets: the scores the choice rests on change
     y3[split.val] += np.random.default_rng(4).normal(size=len(split.val))
