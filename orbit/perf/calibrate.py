@@ -2,7 +2,7 @@
 
 What is measured, one thread per rank as `orbit bench` runs (fp32):
 - GEMMs `y = x W^T` (forward), `dx = dy W` (input gradient), `dW = dy^T x` (weight gradient) at a
-  grid of shapes (M tokens x K in x N out); per kind a least-squares fit of
+  grid of shapes (M tokens x K in x N out), operands not in cache (as in a step); per kind a least-squares fit of
       t = c0 + F / R,   F = 2 M K N,
   gives a per-call cost c0 and an asymptotic rate R (the efficiency curve: achieved rate
   F / t = R F / (F + c0 R) rises with the GEMM's size towards R). The measured rows are kept too
@@ -21,18 +21,24 @@ What is measured, one thread per rank as `orbit bench` runs (fp32):
   runs on FSDP / TP parameters).
 - gloo collectives on 2 spawned ranks (all-reduce, all-gather, reduce-scatter, all-to-all,
   send/recv) from 4 KiB to 16 MiB; per collective t = alpha + sent / beta (sent = bytes one rank
-  sends, the convention of `comm_stats`).
+  sends, the convention of `comm_stats`). A collective is timed as a step issues it: in a loop where
+  each call follows a short GEMM (~0.4 ms), the cost per call = the loop's mean time - the GEMM
+  loop's mean time (median over repeats); not as the fastest call of an idle pair of ranks. On this
+  VM the latency is heavy-tailed: a 4 KiB all-reduce takes 0.3-0.5 ms at best but 1.3-2.6 ms on
+  average between computations (the waiting rank's wake-up, the ranks' jitter), and a step issues
+  tens of collectives, so it pays the mean.
 - The GEMM, SDPA, elementwise and dispatch measurements again on both spawned ranks at once
   ("concurrent"): with every core busy a rank computes slower than alone (shared caches, memory
   bandwidth and clocks), and the 2-rank layouts run that way.
 
-Every timing is the minimum over repeats (the least disturbed by other load on the machine).
+Every compute timing is the minimum over repeats (the least disturbed by other load on the machine).
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +55,8 @@ SDPA_SHAPES = [(bh, L, d) for bh in (8, 32, 64) for L in (128, 512) for d in (32
 ELEMENTWISE_SIZES = (2**14, 2**16, 2**18, 2**20, 2**22)
 COLLECTIVE_SIZES = tuple(2**p for p in range(12, 25, 2))  # 4 KiB .. 16 MiB payloads
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+COLLECTIVE_CALLS_PER_LOOP = 10
+CACHE_BYTES = 32 * 2**20  # this CPU's L3
 
 
 def best_time(fn: Callable[[], Any], repeats: int, min_time_s: float = 0.005) -> float:
@@ -81,14 +89,28 @@ def fit_affine(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return a, b
 
 
+def _cycling(fn: Callable[..., Any], operands: Callable[[], tuple[torch.Tensor, ...]]) -> Callable[[], Any]:
+    """`fn` on a new set of operands each call, from enough sets to fill the last-level cache: in a step
+    a GEMM's weights and activations were evicted since their last use (measured on this CPU: hot
+    operands make small GEMMs 3-25% faster than cold ones)."""
+    first = operands()
+    sets = [first] + [operands() for _ in range(max(1, CACHE_BYTES // sum(t.nbytes for t in first)))]
+    count = [0]
+
+    def call() -> Any:
+        count[0] += 1
+        return fn(*sets[count[0] % len(sets)])
+    return call
+
+
 def measure_gemms(repeats: int) -> dict[str, list[list[float]]]:
-    """kind -> [[M, K, N, seconds], ...]."""
+    """kind -> [[M, K, N, seconds], ...], operands cold (`_cycling`)."""
     out: dict[str, list[list[float]]] = {"forward": [], "input_grad": [], "weight_grad": []}
     for m, k, n in GEMM_SHAPES:
-        x, w, dy = torch.randn(m, k), torch.randn(n, k), torch.randn(m, n)
-        out["forward"].append([m, k, n, best_time(lambda: F.linear(x, w), repeats)])
-        out["input_grad"].append([m, k, n, best_time(lambda: dy @ w, repeats)])
-        out["weight_grad"].append([m, k, n, best_time(lambda: dy.t() @ x, repeats)])
+        operands = lambda: (torch.randn(m, k), torch.randn(n, k), torch.randn(m, n))  # noqa: E731
+        out["forward"].append([m, k, n, best_time(_cycling(lambda x, w, dy: F.linear(x, w), operands), repeats)])
+        out["input_grad"].append([m, k, n, best_time(_cycling(lambda x, w, dy: dy @ w, operands), repeats)])
+        out["weight_grad"].append([m, k, n, best_time(_cycling(lambda x, w, dy: dy.t() @ x, operands), repeats)])
     return out
 
 
@@ -195,25 +217,34 @@ def _dtensor_op_overhead(repeats: int, ops: int = 50) -> tuple[float, float]:
     return best_time(chain, 3 * repeats) / (2 * ops), inplace
 
 
+def _loop_mean(fn: Callable[[], Any], repeats: int) -> float:
+    """Median over `repeats` of the mean time per call of a loop of calls started together on every rank."""
+    loops = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(COLLECTIVE_CALLS_PER_LOOP):
+            fn()
+        loops.append((time.perf_counter() - start) / COLLECTIVE_CALLS_PER_LOOP)
+    return statistics.median(loops)
+
+
 def _collectives_on_rank(rank: int, world_size: int, repeats: int) -> dict[str, Any]:
     autograd, inplace = _dtensor_op_overhead(repeats)
     out: dict[str, Any] = {"dtensor_op_overhead_s": autograd, "dtensor_inplace_op_s": inplace}
     dist.barrier()
     out["concurrent"] = measure_compute(repeats)
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    compute = lambda: torch.mm(a, b)  # noqa: E731  (the compute between a step's collectives)
+    compute_s = _loop_mean(compute, repeats)
     for op in COLLECTIVES:
         rows = []
         for payload in COLLECTIVE_SIZES:
             numel = payload // 4
             fn = _collective(op, numel // world_size if op == "all_gather" else numel, rank)
-            times = []
             fn()
-            for _ in range(repeats):
-                dist.barrier()
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            seconds = min(times) / (2 if op == "send_recv" else 1)  # a ping-pong is two transfers
-            rows.append([sent_per_rank(op, payload, world_size), seconds])
+            seconds = max(_loop_mean(lambda: (compute(), fn()), repeats) - compute_s, 1e-6)
+            rows.append([sent_per_rank(op, payload, world_size), seconds / (2 if op == "send_recv" else 1)])
         out[op] = rows
     return out
 

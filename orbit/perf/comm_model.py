@@ -79,17 +79,28 @@ def params_per_tp_rank(config: OrbitConfig, tp: int) -> dict[str, list[int]]:
     return {"blocks": blocks, "front": [front], "head": [head]}
 
 
+def fsdp_label(dims: ParallelDims, *, apart_from_sp: bool = False) -> str:
+    """The label of FSDP's traffic: `axis_label("dp_shard_sp")`, which is "sp" when FSDP shards over
+    the sp ranks alone; `apart_from_sp` names that case "sp_fsdp", so a time model can tell FSDP's
+    gathers from Ulysses' all-to-alls on the same process group."""
+    label = axis_label("dp_shard_sp", dims)
+    return "sp_fsdp" if apart_from_sp and label == "sp" else label
+
+
 def expected_sent_bytes(config: OrbitConfig, dims: ParallelDims, *, local_batch: int, microbatches: int = 1,
-                        stages_per_rank: int = 1, param_bytes: int = FP32) -> dict[str, float | None]:
+                        stages_per_rank: int = 1, param_bytes: int = FP32,
+                        fsdp_apart_from_sp: bool = False) -> dict[str, float | None]:
     """label -> bytes one rank sends per step on that axis, averaged over ranks (see module doc).
-    `param_bytes` is 2 when FSDP gathers bf16 parameters; gradients and activations are fp32."""
+    `param_bytes` is 2 when FSDP gathers bf16 parameters; gradients and activations are fp32.
+    `fsdp_apart_from_sp`: FSDP over the sp ranks alone under "sp_fsdp" (`fsdp_label`), not "sp"."""
     b, L, D = local_batch, config.num_tokens, config.embed_dim
     t, s, pp, r = dims.tp, dims.sp, dims.pp, dims.dp_replicate
     n = dims.dp_shard * dims.sp
     per_rank: dict[str, float | None] = {}
 
     def add(mesh_name: str, value: float | None) -> None:
-        label = axis_label(mesh_name, dims)
+        label = fsdp_label(dims, apart_from_sp=fsdp_apart_from_sp) if mesh_name == "dp_shard_sp" \
+            else axis_label(mesh_name, dims)
         old = per_rank.get(label, 0.0)
         per_rank[label] = None if value is None or old is None else old + value
 

@@ -71,7 +71,7 @@ from orbit.models.flops import forward_flops
 from orbit.models.orbit_vit import OrbitViT
 from orbit.models.registry import get_config
 
-from orbit.perf.comm_model import FLATTENED, TP_SHARDED_AGGREGATION, TP_SHARDED_BLOCK, axis_label, expected_sent_bytes
+from orbit.perf.comm_model import FLATTENED, TP_SHARDED_AGGREGATION, TP_SHARDED_BLOCK, expected_sent_bytes, fsdp_label
 from orbit.parallel.mesh import AXES, ParallelDims, parallel_dims_from
 from orbit.models.orbit_vit_parallel import layout_problems
 from orbit.parallel.pipeline import stage_block_ranges
@@ -345,7 +345,7 @@ def _zero_memory(params: int, layout: Layout, *, world: int, bf16: bool, activat
 
 def _group_shape(label: str, dims: ParallelDims) -> tuple[int, int]:
     """(stride between a group's consecutive ranks, group size) of a mesh axis or flattened mesh."""
-    axes = FLATTENED.get(label, (label,))
+    axes = FLATTENED.get(label, ("sp",) if label == "sp_fsdp" else (label,))
     inner = AXES[AXES.index(axes[-1]) + 1:]
     return math.prod(getattr(dims, a) for a in inner), math.prod(getattr(dims, a) for a in axes)
 
@@ -360,18 +360,20 @@ def nodes_per_group(stride: int, size: int, gpus_per_node: int) -> tuple[int, in
     return min(spans), max(spans)
 
 
-def _fsdp_under_pipeline(config: OrbitConfig, dims: ParallelDims, layout: Layout, param_bytes: int) -> dict[str, float]:
+def _fsdp_under_pipeline(config: OrbitConfig, dims: ParallelDims, layout: Layout, param_bytes: int,
+                         apart_from_sp: bool = False) -> dict[str, float]:
     """Bound of what comm_model leaves unmodelled (module docstring), by axis label."""
     units = unit_elements(config, dims.tp, 1)
     per_rank = (units["front"][0] + units["head"][0] + config.depth * units["block"][0]) / dims.pp
     n, r = dims.dp_shard * dims.sp, dims.dp_replicate
-    return {axis_label("dp_shard_sp", dims): (n - 1) / n * (2 * layout.pp_microbatches * param_bytes + FP32) * per_rank,
+    return {fsdp_label(dims, apart_from_sp=apart_from_sp): (n - 1) / n * (2 * layout.pp_microbatches * param_bytes + FP32) * per_rank,
             "dp_replicate": 2 * (r - 1) / r * FP32 * per_rank / n}
 
 
 def traffic_per_axis(config: OrbitConfig, layout: Layout, cluster: Cluster, *, batch_size: int,
-                     precision: str) -> list[AxisTraffic]:
-    """Bytes per step and placement of every axis that communicates."""
+                     precision: str, fsdp_apart_from_sp: bool = False) -> list[AxisTraffic]:
+    """Bytes per step and placement of every axis that communicates (labels as `comm_stats` counts
+    them; `fsdp_apart_from_sp`: FSDP over the sp ranks alone as "sp_fsdp", see `fsdp_label`)."""
     dims = layout.dims(cluster.world_size)
     if layout.engine == "deepspeed":
         sent: dict[str, float | None] = {"dp_shard": None} if dims.dp_shard > 1 else {}
@@ -379,8 +381,9 @@ def traffic_per_axis(config: OrbitConfig, layout: Layout, cluster: Cluster, *, b
         fsdp = dims.dp_replicate * dims.dp_shard * dims.sp > 1
         param_bytes = 2 if precision == "bf16" and fsdp else FP32
         sent = expected_sent_bytes(config, dims, local_batch=batch_size, microbatches=layout.pp_microbatches,
-                                   stages_per_rank=layout.pp_stages_per_rank, param_bytes=param_bytes)
-        bound = _fsdp_under_pipeline(config, dims, layout, param_bytes)
+                                   stages_per_rank=layout.pp_stages_per_rank, param_bytes=param_bytes,
+                                   fsdp_apart_from_sp=fsdp_apart_from_sp)
+        bound = _fsdp_under_pipeline(config, dims, layout, param_bytes, fsdp_apart_from_sp)
         sent = {label: bound[label] if value is None else value for label, value in sent.items()}
     out = []
     for label, value in sent.items():

@@ -31,7 +31,8 @@ Optimizer (once per step, on the rank's stored shard P_r): AdamW + clipping move
   per step ("simple"), P = the rank's unsharded tp-local parameters, e_p their gathered bytes.
 
 Communication per axis: bytes per step from `plan.traffic_per_axis` (the comm model, with its
-FSDP-under-pipeline bound), split into calls (latency) by the counts in `calls_per_step`, each call
+FSDP-under-pipeline bound; FSDP over the sp ranks alone as "sp_fsdp", apart from Ulysses' "sp"),
+split into calls (latency) by the counts in `calls_per_step`, each call
 timed by `collectives.collective_time` on the axis's placement.
 
 Schedule (what the step waits for):
@@ -256,7 +257,8 @@ def axis_times(config: OrbitConfig, layout: Layout, system: System, nodes: int, 
     fsdp = layout.dp_replicate * layout.dp_shard * layout.sp > 1
     param_bytes = 2 if precision == "bf16" and fsdp else FP32
     out = {}
-    for traffic in traffic_per_axis(config, layout, cluster, batch_size=batch_size, precision=precision):
+    for traffic in traffic_per_axis(config, layout, cluster, batch_size=batch_size, precision=precision,
+                                    fsdp_apart_from_sp=True):
         calls = calls_per_step(config, layout, traffic.label)
         if not calls or not traffic.bytes_per_step:
             continue

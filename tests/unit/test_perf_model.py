@@ -10,9 +10,9 @@ from orbit.perf.benchmark import case
 from orbit.perf.calibrate import fit_affine, sent_per_rank
 from orbit.perf.collectives import collective_time
 from orbit.perf.devices import Link, Rate, System, cpu_system, frontier, get_system, mi250x_gcd
-from orbit.perf.plan import Layout
+from orbit.perf.plan import Cluster, Layout, traffic_per_axis
 from orbit.perf.plan import num_params
-from orbit.perf.timemodel import bubble_fraction, calls_per_step, fsdp_copy_time, predict
+from orbit.perf.timemodel import axis_times, bubble_fraction, calls_per_step, fsdp_copy_time, predict
 from orbit.perf.validate import compare, predict_case
 
 
@@ -149,6 +149,25 @@ def test_calls_per_step():
     assert calls_per_step(config, layout, "dp_shard") == {"all_gather": 18, "reduce_scatter": 9}
     assert calls_per_step(config, layout, "dp_replicate") == {"all_reduce": 9}
     assert calls_per_step(config, layout, "tp") == {"all_reduce": 8 * 6 + 4 * 8 + 2}
+
+
+def test_fsdp_over_the_sp_ranks_is_timed_apart_from_ulysses():
+    """With dp_shard = 1 FSDP shards over the sp group, whose traffic `comm_stats` counts under one
+    label "sp"; the time model splits it: FSDP's gathers and reduce-scatters ("sp_fsdp") beside
+    Ulysses' all-to-alls ("sp"), the bytes adding up to the counted label's."""
+    config = get_config("115m")
+    layout = Layout(pp=1, dp_replicate=1, dp_shard=1, sp=2, tp=1)
+    cluster = Cluster(nodes=1, gpus_per_node=2)
+    counted = {t.label: t.bytes_per_step for t in traffic_per_axis(config, layout, cluster, batch_size=2, precision="fp32")}
+    split = {t.label: t.bytes_per_step for t in traffic_per_axis(config, layout, cluster, batch_size=2, precision="fp32",
+                                                                  fsdp_apart_from_sp=True)}
+    assert set(counted) == {"sp"} and set(split) == {"sp", "sp_fsdp"}
+    assert split["sp"] + split["sp_fsdp"] == pytest.approx(counted["sp"])
+    fsdp_alone = traffic_per_axis(config, dataclasses.replace(layout, sp=1, dp_shard=2), cluster, batch_size=2,
+                                  precision="fp32")
+    assert split["sp_fsdp"] == pytest.approx(fsdp_alone[0].bytes_per_step)
+    comm = axis_times(config, layout, _system(g=2), 1, batch_size=2, precision="fp32")
+    assert set(comm["sp_fsdp"]) == {"all_gather", "reduce_scatter"} and set(comm["sp"]) == {"all_to_all"}
 
 
 def test_fsdp_copies_by_hand():
