@@ -27,6 +27,12 @@ What is measured, one thread per rank as `orbit bench` runs (fp32):
   VM the latency is heavy-tailed: a 4 KiB all-reduce takes 0.3-0.5 ms at best but 1.3-2.6 ms on
   average between computations (the waiting rank's wake-up, the ranks' jitter), and a step issues
   tens of collectives, so it pays the mean.
+- FSDP's fixed cost per unit: a stack of tiny two-layer units (16 wide, so bytes do not count),
+  each `fully_shard`ed as `apply_fsdp` does, over 2 ranks ("shard") and over a (2 replicas x 1
+  shard) mesh ("replicate"); per unit and step = (loop mean of forward + backward - that of the
+  same stack unwrapped) / (units + root). It holds the collectives' latency, the hooks, copy-in /
+  copy-out and DTensor wrapping: at 4.3-4.6 ms a unit ("shard") it is about twice what the
+  collectives' α alone gives here.
 - The GEMM, SDPA, elementwise and dispatch measurements again on both spawned ranks at once
   ("concurrent"): with every core busy a rank computes slower than alone (shared caches, memory
   bandwidth and clocks), and the 2-rank layouts run that way.
@@ -229,9 +235,32 @@ def _loop_mean(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(loops)
 
 
+def _fsdp_unit_overhead(repeats: int, units: int = 6, width: int = 16) -> dict[str, float]:
+    """"shard" / "replicate" -> seconds per FSDP unit and forward + backward (module docstring)."""
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
+    x = torch.randn(4, width)
+    out = {}
+    for kind, shape, names in (("shard", (2,), ("dp_shard",)), ("replicate", (2, 1), ("dp_replicate", "dp_shard"))):
+        mesh = init_device_mesh("cpu", shape, mesh_dim_names=names)
+        stacks = [nn.Sequential(*(nn.Sequential(nn.Linear(width, width), nn.Linear(width, width))
+                                  for _ in range(units))) for _ in range(2)]
+        for unit in stacks[1]:
+            fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
+        fully_shard(stacks[1], mesh=mesh, mp_policy=policy, reshard_after_forward=True)
+        plain, sharded = ((lambda m=m: m(x).sum().backward()) for m in stacks)
+        plain(), sharded()
+        out[kind] = max(_loop_mean(sharded, repeats) - _loop_mean(plain, repeats), 0.0) / (units + 1)
+    return out
+
+
 def _collectives_on_rank(rank: int, world_size: int, repeats: int) -> dict[str, Any]:
     autograd, inplace = _dtensor_op_overhead(repeats)
-    out: dict[str, Any] = {"dtensor_op_overhead_s": autograd, "dtensor_inplace_op_s": inplace}
+    out: dict[str, Any] = {"dtensor_op_overhead_s": autograd, "dtensor_inplace_op_s": inplace,
+                           "fsdp_unit_s": _fsdp_unit_overhead(repeats)}
     dist.barrier()
     out["concurrent"] = measure_compute(repeats)
     a, b = torch.randn(256, 256), torch.randn(256, 256)
@@ -251,13 +280,14 @@ def _collectives_on_rank(rank: int, world_size: int, repeats: int) -> dict[str, 
 
 def measure_collectives(repeats: int) -> dict[str, Any]:
     """op -> [[bytes sent per rank, seconds], ...] on 2 gloo ranks (slowest rank per size), and
-    "dtensor_op_overhead_s", "dtensor_inplace_op_s" (the larger of the two ranks')."""
+    "dtensor_op_overhead_s", "dtensor_inplace_op_s", "fsdp_unit_s" (the larger of the two ranks')."""
     per_rank = spawn(_collectives_on_rank, 2, repeats, timeout_s=600)
     out: dict[str, Any] = {op: [[a[0], max(a[1], b[1])] for a, b in zip(per_rank[0][op], per_rank[1][op])]
                            for op in COLLECTIVES}
     out["concurrent"] = per_rank[0]["concurrent"]
     for key in ("dtensor_op_overhead_s", "dtensor_inplace_op_s"):
         out[key] = max(r[key] for r in per_rank)
+    out["fsdp_unit_s"] = {kind: max(r["fsdp_unit_s"][kind] for r in per_rank) for kind in per_rank[0]["fsdp_unit_s"]}
     return out
 
 
@@ -277,6 +307,7 @@ def calibrate(repeats: int = 5) -> dict[str, Any]:
         collectives = measure_collectives(repeats)
         raw["dtensor_op_overhead_s"] = collectives.pop("dtensor_op_overhead_s")
         raw["dtensor_inplace_op_s"] = collectives.pop("dtensor_inplace_op_s")
+        raw["fsdp_unit_s"] = collectives.pop("fsdp_unit_s")
         raw["concurrent"] = collectives.pop("concurrent")
         raw["collectives"] = collectives
         load_after = os.getloadavg()[0]
@@ -295,6 +326,8 @@ def fit(raw: dict[str, Any]) -> dict[str, Any]:
         coll[op] = {"alpha_s": alpha, "beta_bytes_per_s": 1 / inv_beta}
     out = {**fit_compute(raw), "dtensor_op_overhead_s": raw["dtensor_op_overhead_s"],
            "dtensor_inplace_op_s": raw["dtensor_inplace_op_s"], "collectives": coll}
+    if "fsdp_unit_s" in raw:
+        out["fsdp_unit_s"] = raw["fsdp_unit_s"]
     if "concurrent" in raw:
         out["concurrent"] = fit_compute(raw["concurrent"])
     return out

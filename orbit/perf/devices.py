@@ -10,6 +10,9 @@ A `DeviceProfile` turns work into seconds per op group (the "efficiency curves")
     dispatch     op_overhead_s per op (framework + launch), dtensor_op_overhead_s per op on a DTensor
                  (autograd ops of the blocks); inplace_op_s / dtensor_inplace_op_s per in-place op
                  without autograd (the optimizer's)
+    FSDP units   fsdp_unit_s["shard" | "replicate"]: where measured (the CPU), the fixed cost of one
+                 FSDP unit per forward + backward (its collectives' latency, hooks, copy-in/out,
+                 DTensor wrapping), taking the place of the α terms of its collectives
 
 so the achieved rate of a GEMM, F / t = R F / (F + c0 R), rises with its size towards R.
 
@@ -66,6 +69,7 @@ class DeviceProfile:
     source: str
     assumptions: tuple[str, ...] = ()
     gemm_table: dict[str, tuple[tuple[float, float, float, float], ...]] | None = None  # kind -> (M, K, N, FLOP/s)
+    fsdp_unit_s: dict[str, float] | None = None  # "shard" / "replicate" -> s per unit and step; None: α-β alone
 
     def gemm_time(self, kind: str, m: float, k: float, n: float, elem_bytes: int) -> float:
         """One GEMM of an (m x k) by (k x n) product: roofline of its FLOPs and bytes plus c0."""
@@ -198,6 +202,7 @@ def cpu_profile(fit: dict[str, Any], *, name: str = "CPU core (calibrated)") -> 
         overlap_comm=False, source="micro-measurements (orbit.perf.calibrate)",
         gemm_table={kind: tuple((m, k, n, 2 * m * k * n / t) for m, k, n, t in rows)
                     for kind, rows in fit["gemm_table"].items()} if "gemm_table" in fit else None,
+        fsdp_unit_s=fit.get("fsdp_unit_s"),
         assumptions=("collectives share the rank's core with compute: no overlap",))
 
 

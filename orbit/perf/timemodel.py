@@ -33,7 +33,9 @@ Optimizer (once per step, on the rank's stored shard P_r): AdamW + clipping move
 Communication per axis: bytes per step from `plan.traffic_per_axis` (the comm model, with its
 FSDP-under-pipeline bound; FSDP over the sp ranks alone as "sp_fsdp", apart from Ulysses' "sp"),
 split into calls (latency) by the counts in `calls_per_step`, each call
-timed by `collectives.collective_time` on the axis's placement.
+timed by `collectives.collective_time` on the axis's placement. Where the device has a measured
+FSDP unit cost (the CPU, `calibrate`), an FSDP or replicate axis costs that per unit (gathered
+twice, reduced once per step and microbatch) plus only the bandwidth terms of its collectives.
 
 Schedule (what the step waits for):
     step = C + R + exposed_fsdp + exposed_tp + exposed_sp + exposed_pp + bubble + O + scalars
@@ -264,12 +266,25 @@ def axis_times(config: OrbitConfig, layout: Layout, system: System, nodes: int, 
             continue
         n, span = traffic.size, traffic.nodes_per_group[1]
         sent = _split_bytes(traffic.bytes_per_step, calls, param_bytes)
+        unit_kind = fsdp_unit_kind(traffic.label, system.device)
         out[traffic.label] = {}
         for op, count in calls.items():
             count = max(count, 1.0)
             payload = sent[op] / count / _sent_factor(op, n)
-            out[traffic.label][op] = (count, collective_time(op, payload, n, span, system))
+            each = collective_time(op, payload, n, span, system)
+            if unit_kind:  # the measured unit cost holds the latency: keep the bandwidth term
+                each -= collective_time(op, 1.0, n, span, system)
+            out[traffic.label][op] = (count, each)
+        if unit_kind:
+            units = calls.get("all_gather", 2 * calls.get("all_reduce", 0)) / 2
+            out[traffic.label]["fsdp units"] = (units, system.device.fsdp_unit_s[unit_kind])
     return out
+
+
+def fsdp_unit_kind(label: str, device: DeviceProfile) -> str | None:
+    """"shard" / "replicate" where the device has a measured FSDP unit cost for this axis, else None."""
+    kind = "shard" if label in FSDP_LABELS else "replicate" if label == "dp_replicate" else None
+    return kind if kind and device.fsdp_unit_s and kind in device.fsdp_unit_s else None
 
 
 # --------------------------------------------------------------------------- the step
