@@ -52,3 +52,19 @@ def test_fit_of_raw_measurements():
     assert abs(result["sdpa"]["forward_backward"]["rate_flops"] / 30e9 - 1) < 1e-6
     assert abs(result["collectives"]["all_reduce"]["alpha_s"] / 3e-4 - 1) < 1e-6
     assert abs(result["elementwise"]["gelu"]["bytes_per_s"] / 10e9 - 1) < 1e-6
+    assert "fsdp_unit_s" not in result  # older calibrations: the time model keeps α-β alone
+    assert fit({**raw, "fsdp_unit_s": {"shard": 4e-3, "replicate": 2e-3}})["fsdp_unit_s"]["shard"] == 4e-3
+
+
+def test_fsdp_unit_cost_is_measured_on_two_ranks():
+    """The calibration's FSDP micro-measurement runs (2 gloo ranks, tiny units) and is positive:
+    a sharded stack costs more than the same stack unwrapped."""
+    from orbit.parallel.spawn import spawn
+    per_rank = spawn(_fsdp_unit_on_rank, 2)
+    for result in per_rank:
+        assert set(result) == {"shard", "replicate"} and result["shard"] > 0 and result["replicate"] > 0
+
+
+def _fsdp_unit_on_rank(rank: int, world_size: int) -> dict:
+    from orbit.perf.calibrate import _fsdp_unit_overhead
+    return _fsdp_unit_overhead(repeats=1, units=2)

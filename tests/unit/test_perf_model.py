@@ -251,3 +251,19 @@ def test_compare_rows_error_and_judgement():
     row, = compare([result], _fit())
     assert row["error"] == pytest.approx(1 / 1.1 - 1) and row["judged"] is (2 <= (__import__("os").cpu_count() or 1))
     assert math.isclose(row["predicted"]["step_s"], step.step_s)
+
+
+def test_measured_fsdp_unit_cost_replaces_the_collectives_latency():
+    """A CPU fit with FSDP's per-unit cost: a dp_shard axis costs units x that (4 blocks + the root)
+    plus the bandwidth terms only (α dropped); replicate likewise; without it, α-β alone."""
+    c = case("d128", 2, 8, dp_shard=2)
+    alpha, beta = 1e-4, 1e9
+    plain = predict_case(c, _fit(alpha=alpha, beta=beta))
+    with_units = predict_case(c, {**_fit(alpha=alpha, beta=beta), "fsdp_unit_s": {"shard": 4e-3, "replicate": 2e-3}})
+    units, gathers, scatters = 5, 10, 5
+    latency = gathers * alpha + scatters * alpha  # 2 ranks: one ring step each
+    assert with_units.comm_s["dp_shard"] == pytest.approx(plain.comm_s["dp_shard"] - latency + units * 4e-3)
+    rep = case("d128", 2, 8, dp_replicate=2, dp_shard=1)
+    plain_rep = predict_case(rep, _fit(alpha=alpha, beta=beta))
+    units_rep = predict_case(rep, {**_fit(alpha=alpha, beta=beta), "fsdp_unit_s": {"shard": 4e-3, "replicate": 2e-3}})
+    assert units_rep.comm_s["dp_replicate"] == pytest.approx(plain_rep.comm_s["dp_replicate"] - units * alpha + units * 2e-3)
