@@ -46,6 +46,8 @@ CASES = [
                                                                           "options.bound_steps=500"]),
     ("lstm + PI3NN", "changing.yaml", "changing conditions, 0.2 degC/yr (90% intervals)",
      ["options.bound_steps=500"]),
+    ("lstm + PI3NN", "changing.yaml", "changing conditions, 0.4 degC/yr (90% intervals)",
+     ["options.bound_steps=500", "data.warming=0.4"]),
 ]
 EXPLAIN = {0: ["ig", "shap"], 2: ["attention"], 7: ["attention"]}  # case index -> methods
 FIGURES = [(0, "explain/attribution_ig.png", "attribution_ig.png"), (0, "explain/attribution_shap.png",
