@@ -40,6 +40,8 @@ def test_suite_table_bolds_the_narrowest_covering_method():
                        "methods": {"a": entry(0.90, 0.1), "b": entry(0.95, 0.3), "c": entry(0.96, 0.2)}}}
     text = format_suite(results)
     assert "**0.200 ± 0.000**" in text and "**0.100" not in text
+    results["other"] = {**results["toy"], "methods": {"a": entry(0.95, 0.1)}}  # a set without b and c
+    assert "| other | **0.100 ± 0.000** | – | – |" in format_suite(results)
 
 
 def test_unknown_methods_are_named():

@@ -220,7 +220,9 @@ def run_uci_suite(run_dir: str | Path, root: str | Path | None = None, sets=UCI_
 
 def format_suite(results: dict[str, dict]) -> str:
     first = next(iter(results.values()))
-    methods = list(first["methods"])
+    order = [name for m in METHODS for name in (m, f"{m}_tuned")]  # a tuned method beside its shipped setting
+    methods = sorted(dict.fromkeys(m for s in results.values() for m in s["methods"]),  # every set's methods
+                     key=lambda m: order.index(m) if m in order else len(order))
     gamma = first["confidence"]
     out = [f"{gamma:.0%} intervals, test PICP and MPIW (/ range of y), mean ± std over {first['splits']} split(s) x "
            f"{first['seeds']} seed(s); **bold** MPIW: narrowest among the methods whose mean PICP >= {gamma - 0.01:.2f}",
@@ -228,10 +230,13 @@ def format_suite(results: dict[str, dict]) -> str:
     for key, label in (("picp", "PICP"), ("mpiw", "MPIW")):
         out += [f"### {label}", "", "| data | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for name, s in results.items():
-            ok = [m for m in methods if s["methods"][m]["picp"]["mean"] >= gamma - 0.01]
+            ok = [m for m in s["methods"] if s["methods"][m]["picp"]["mean"] >= gamma - 0.01]
             best = min(ok, key=lambda m: s["methods"][m]["mpiw"]["mean"]) if ok else None
             cells = []
             for m in methods:
+                if m not in s["methods"]:  # not run on this set
+                    cells.append("–")
+                    continue
                 e = s["methods"][m][key]
                 cell = f"{e['mean']:.3f} ± {e['std']:.3f}"
                 cells.append(f"**{cell}**" if key == "mpiw" and m == best else cell)
@@ -239,7 +244,8 @@ def format_suite(results: dict[str, dict]) -> str:
         out.append("")
     out += ["### wall time per fit (s)", "", "| data | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for name, s in results.items():
-        out.append(f"| {name} | " + " | ".join(f"{s['methods'][m]['wall_s']['mean']:.1f}" for m in methods) + " |")
+        out.append(f"| {name} | " + " | ".join(f"{s['methods'][m]['wall_s']['mean']:.1f}" if m in s["methods"] else "–"
+                                              for m in methods) + " |")
     out += _format_choices(results)
     return "\n".join(out) + "\n"
 
