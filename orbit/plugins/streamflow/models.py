@@ -192,6 +192,7 @@ class TemporalSequenceTransformer(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, 1)
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(t), persistent=False)
+        self.issue_token = True  # off only in benchmarks/streamflow_tst_variants.py's ablation
 
     def forward_with_attention(self, x_past, x_future, q_past, static) -> tuple[torch.Tensor, torch.Tensor]:
         """(flow (B, H), cross-attention of each lead over the past days (B, H, T))."""
@@ -203,7 +204,9 @@ class TemporalSequenceTransformer(nn.Module):
         flow = self.flow_decoder(self.flow_embed(q_past) + position[:t] + s, past, tgt_mask=self.causal,
                                  tgt_is_causal=True)
         fused = self.fusion(torch.cat([flow, future], dim=1))
-        fused_past, fused_future = fused[:, :t], fused[:, t:] + fused[:, t - 1:t]  # + the issue-day token
+        fused_past, fused_future = fused[:, :t], fused[:, t:]
+        if self.issue_token:  # every lead also gets the issue day's state
+            fused_future = fused_future + fused[:, t - 1:t]
         attended, weights = self.cross(fused_future, fused_past, fused_past, need_weights=True)
         return self.head(self.norm(fused_future + attended))[..., 0], weights
 
