@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from orbit.atomic import write_atomically
+
 from .intervals import picp
 from .methods import FITTERS, Budget, SplitData
 from .trained import calibrator, outputs
@@ -121,9 +123,8 @@ def tune(data: SplitData, methods: list[str], budget: Budget, trials: int, seed:
             log(f"  tune {method:10s} trial {i} {params or 'shipped'}: val interval score {scores[-1]:.4f}, "
                 f"val PICP {coverage[-1]:.3f}")
         record["scores"][method], record["picp"][method], record["wall_s"][method] = scores, coverage, walls
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(record, indent=1))
+        if cache is not None:  # a kill mid-write must not leave a record that fails to load on resume
+            write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(record, indent=1)), overwrite=True)
     record["choice"] = {}
     for method in tuned:
         best = int(np.argmin(record["scores"][method]))
