@@ -16,7 +16,12 @@ Required:
   microbatches: give a tensor, a tuple of batch-first tensors or an object with `select(rows)`.
 Optional (defaults here):
 - `evaluate(engine, step)`: held-out scores; `{"scalars": {...}}` are logged. Runs under
-  `torch.no_grad()` unless `evaluate_with_grad` (e.g. gradient-based explanations).
+  `torch.no_grad()` unless `evaluate_with_grad` (e.g. gradient-based explanations). The trainer calls
+  it once, after the last step (and after restoring the best state under `train.select_best`);
+  `orbit evaluate` calls it for any checkpoint.
+- `validate(engine, step)`: what training looks at: the periodic evaluations (`train.eval_every`)
+  and the scalars `train.select_best` compares. Default: `evaluate`. Override it when the full
+  evaluation is slow or scores test data, so that choosing a checkpoint sees validation data only.
 - `report(summary, run_dir)`: tables and figures after training or `orbit evaluate`.
 - `predictions(engine)`: an xarray Dataset that `orbit evaluate` writes, or None.
 - `phases(train_cfg)`: training stages run one after the other, each with its own trainable modules,
@@ -90,6 +95,9 @@ class Task(ABC):
 
     def evaluate(self, engine: Any, step: int) -> dict[str, Any]:
         return {}
+
+    def validate(self, engine: Any, step: int) -> dict[str, Any]:
+        return self.evaluate(engine, step)
 
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         return None

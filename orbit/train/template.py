@@ -97,6 +97,10 @@ class TemplateTask(Task):
         baseline = float(((y - float(self.y[self.train_rows].mean())) ** 2).mean())  # the training mean
         return {"scalars": {"mse": mse, "mse_train_mean": baseline}}
 
+    # Optional `validate(engine, step)`: what training looks at (periodic evaluations, train.select_best);
+    # by default `evaluate`. Override it when `evaluate` is slow or scores test data (see the PI3NN and
+    # streamflow tasks): choosing a checkpoint must see validation data only.
+
     def report(self, summary: dict[str, Any], run_dir: Path) -> None:
         # Rank 0 only: print a short table and write small files (markdown, a figure) to run_dir.
         return None

@@ -26,12 +26,12 @@ Faults it survives:
   published when every rank's write finished, waited for before the run ends or stops.
 - Model selection (`train.select_best: KEY`, `train.select_mode: min|max`), as Lightning's
   ModelCheckpoint(monitor=KEY) + restoring it, or Keras's restore_best_weights: every
-  `train.eval_every` steps and at the end of each phase the task's evaluation scalar KEY (`{phase}`
-  in it: the phase's name) is compared with the phase's best; a better state is written like a
+  `train.eval_every` steps and at the end of each phase the scalar KEY (`{phase}` in it: the phase's
+  name) of the task's `validate` is compared with the phase's best; a better state is written like a
   checkpoint (atomically, any layout) to `checkpoints/best_<step>/`, and at the end of the phase the
   weights of its best step are loaded back. The best steps and values are part of every checkpoint,
   so a resumed run keeps them; the summary lists them under `selected`. The key is checked against
-  an evaluation before the first step.
+  a `validate` before the first step. The task's full `evaluate` runs once, after the restore.
 """
 from __future__ import annotations
 
@@ -300,7 +300,7 @@ class Trainer:
         Raises `Preempted` (exit code 75) after saving a checkpoint when SIGTERM or SIGUSR1 arrived.
         """
         if self.cfg.select_best and self.state.step == 0:
-            self._check_select_key(self._evaluate(logger))
+            self._check_select_key(self._evaluate(logger, self.task.validate))
         with StopSignals() as signals:
             try:
                 self._train_loop(logger, signals)
@@ -309,7 +309,7 @@ class Trainer:
         self._raise_if_nonfinite()
         if self._saved_step != self.state.step:
             self.save()
-        results = self._evaluate(logger)
+        results = self._evaluate(logger, self.task.evaluate)
         if self._best:
             results["selected"] = {name: dict(best) for name, best in self._best.items()}
         return results
@@ -418,11 +418,11 @@ class Trainer:
             periodic = cfg.eval_every and self.state.step % cfg.eval_every == 0
             phase_end = self.state.step == self.phase_ends[self.state.phase]
             if cfg.select_best and (periodic or phase_end):
-                self._consider(self._evaluate(logger))
+                self._consider(self._evaluate(logger, self.task.validate))
                 if phase_end:
                     self._restore_best()
             elif periodic and self.state.step < self.total_steps:
-                self._evaluate(logger)
+                self._evaluate(logger, self.task.validate)
             if cfg.ckpt_every and self.state.step % cfg.ckpt_every == 0:
                 self.save(wait=False)
             else:
@@ -442,13 +442,14 @@ class Trainer:
         log.warning(message)
         raise Preempted(message)
 
-    def _evaluate(self, logger: RunLogger) -> dict[str, Any]:
+    def _evaluate(self, logger: RunLogger, evaluation: Callable[[Any, int], dict[str, Any]]) -> dict[str, Any]:
+        """`evaluation`: the task's `validate` (during training) or `evaluate` (the final one)."""
         self._raise_if_nonfinite()
         self.progress.mark(self.state.step, "eval")
         self.engine.train(False)
         grad = contextlib.nullcontext() if self.task.evaluate_with_grad else torch.no_grad()
         with grad, self._autocast():
-            results = self.task.evaluate(self.engine, self.state.step)
+            results = evaluation(self.engine, self.state.step)
         self.engine.train(True)
         self.progress.mark(self.state.step, "train")
         scalars = {k: v for k, v in results.get("scalars", {}).items()}

@@ -58,8 +58,12 @@ def _cfg(**kw):
                           "ckpt_every": 10, "keep_last": 1, "select_best": "score_{phase}", **kw})
 
 
+def _params_of(engine):
+    return {k: v.clone() for k, v in engine.full_state_dict().items()}
+
+
 def _params(trainer):
-    return {k: v.clone() for k, v in trainer.engine.full_state_dict().items()}
+    return _params_of(trainer.engine)
 
 
 @pytest.mark.parametrize("async_checkpoint", [False, True])
@@ -93,6 +97,30 @@ def test_max_mode_and_a_single_phase(tmp_path):
     trainer, results = fit(task, _cfg(max_steps=50, select_best="acc", select_mode="max"), tmp_path)
     assert results["selected"]["train"]["step"] == 30
     assert all(torch.equal(v, task.seen[30][k]) for k, v in _params(trainer).items())
+
+
+def test_training_selects_on_validate_and_evaluates_once_after_the_restore(tmp_path):
+    """A task with a cheap `validate`: every periodic and phase-end look (and the key check before step 0)
+    goes to it; the full `evaluate` runs once, on the restored state."""
+    class Validated(TwoPhaseTask):
+        def __init__(self):
+            super().__init__()
+            self.validated, self.evaluated = [], []
+
+        def validate(self, engine, step):
+            self.validated.append(step)
+            return super().evaluate(engine, step)
+
+        def evaluate(self, engine, step):
+            self.evaluated.append((step, _params_of(engine)))
+            return {"scalars": {"test_score": 1.0}}
+
+    task = Validated()
+    trainer, results = fit(task, _cfg(), tmp_path)
+    assert task.validated == [0, 10, 20, 30, 40, 50, 60, 70, 80]
+    assert [step for step, _ in task.evaluated] == [80]
+    assert all(torch.equal(v, task.seen[70][k]) for k, v in task.evaluated[0][1].items() if k.startswith("b."))
+    assert results["scalars"] == {"test_score": 1.0} and results["selected"]["b"]["step"] == 70
 
 
 def test_resume_keeps_the_best_state_and_value(tmp_path):

@@ -1,6 +1,6 @@
-"""Streamflow model selection: the validation losses come from validation windows only, a training run's
-periodic evaluations compute nothing else (no test score while the checkpoint is being chosen), and
-the last step's evaluation, like `orbit evaluate`, scores validation and test in full."""
+"""Streamflow model selection: the validation losses come from validation windows only, `validate` (what
+a training run's periodic evaluations and checkpoint selection use) computes nothing else (no test score
+while the checkpoint is being chosen), and `evaluate`, the final one, scores validation and test in full."""
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +31,12 @@ def test_validation_windows_lie_in_the_validation_period_and_give_the_loss():
     assert task.validation_losses(engine) == {"val_mean_loss": pytest.approx(expected, rel=1e-6)}
 
 
-def test_periodic_evaluations_of_a_training_run_score_validation_only():
+def test_training_validates_on_validation_windows_only_and_evaluates_in_full():
     task, engine = _task()
     with torch.no_grad():
-        assert "test_nse" in task.evaluate(engine, 10)["scalars"]  # `orbit evaluate` of any checkpoint
-        task.train_batches(0, 1)
-        assert set(task.evaluate(engine, 10)) == {"scalars"}
-        assert set(task.evaluate(engine, 10)["scalars"]) == {"val_mean_loss"}
-        final = task.evaluate(engine, task.total_steps)
+        validation = task.validate(engine, 10)  # periodic evaluations and checkpoint selection
+        final = task.evaluate(engine, 60)  # the final evaluation and `orbit evaluate` of any checkpoint
+    assert validation == {"scalars": {"val_mean_loss": pytest.approx(final["scalars"]["val_mean_loss"])}}
     assert {"val_mean_loss", "val_nse", "test_nse"} <= set(final["scalars"]) and "test" in final["median"]
 
 
@@ -48,4 +46,4 @@ def test_intervals_report_each_phase_loss():
         losses = task.validation_losses(engine)
     assert set(losses) == {"val_mean_loss", "val_upper_loss", "val_lower_loss"}
     assert all(np.isfinite(v) and v >= 0 for v in losses.values())
-    assert task.total_steps == 60 + 5 + 5
+    assert [p.steps for p in task.phases(task.cfg.train)] == [60, 5, 5]

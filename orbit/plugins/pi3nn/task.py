@@ -134,7 +134,6 @@ class PI3NNTask(Task):
         self.table = Standardized(x, y, self.split.train)
         self.y_range = float(np.ptp(self.table.y))
         self._last: dict[str, Any] | None = None
-        self._training = False  # set when the trainer asks for batches: lighter evaluations until the last step
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
@@ -142,7 +141,6 @@ class PI3NNTask(Task):
                                  list(m.bound_hidden), m.activation, m.ood_init, m.ood_bias))
 
     def train_batches(self, dp_rank: int, dp_size: int) -> RowBatches:
-        self._training = True
         return RowBatches(self.table.xn, self.table.yn, self.split.train, self.cfg.data.batch_size, self.cfg.train.seed,
                           dp_rank, dp_size)
 
@@ -188,16 +186,13 @@ class PI3NNTask(Task):
         return {f"val_{name}_loss": float(fn(out, batch)) for name, fn in
                 (("mean", mean_loss), ("upper", upper_loss), ("lower", lower_loss))}
 
-    def total_steps(self) -> int:
-        return self.cfg.train.max_steps + 2 * (self.options.bound_steps or self.cfg.train.max_steps)
+    def validate(self, engine, step: int) -> dict[str, Any]:
+        """What training looks at: only the validation losses that early stopping watches (step 4, the
+        curves and the slice are the slow part of an evaluation and score test rows)."""
+        return {"scalars": self.validation_losses(engine)}
 
     def evaluate(self, engine, step: int) -> dict[str, Any]:
-        """During training (the trainer asked for batches) and before its last step, only the validation
-        losses that early stopping watches: step 4, the curves and the slice are the slow part of an
-        evaluation and only the trained networks' count. Otherwise (the final evaluation, `orbit
-        evaluate` of any checkpoint) everything."""
-        if self._training and step < self.total_steps():
-            return {"scalars": self.validation_losses(engine)}
+        """Everything: the final evaluation of a run and `orbit evaluate` of any checkpoint."""
         gamma = self.options.confidence
         cal = self.calibrator(engine)
         s = cal.scales(gamma)

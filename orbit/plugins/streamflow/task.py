@@ -229,8 +229,6 @@ class StreamflowTask(Task):
                              f"their own criterion each; use train.select_best=val_{{phase}}_loss")
         self.scores: dict[str, Any] = {}
         self.conceptual: tuple[dict[int, np.ndarray], dict[str, Any]] | None = None
-        self.total_steps = sum(p.steps for p in self.phases(cfg.train))
-        self.training_run = False  # set once the trainer asks for batches (see `evaluate`)
         self._val_windows: StreamflowBatch | None = None  # see validation_windows
 
     def _network(self, hidden: int) -> nn.Module:
@@ -256,7 +254,6 @@ class StreamflowTask(Task):
                 Phase("lower", bound, ("lower",), loss=lambda out, batch: intervals.one_sided_loss(out, batch.y, 2))]
 
     def train_batches(self, dp_rank: int, dp_size: int) -> WindowBatches:
-        self.training_run = True
         b, t0 = self.train_samples
         return WindowBatches(self.windows, b, t0, self.cfg.data.batch_size, self.cfg.train.seed, dp_rank, dp_size)
 
@@ -360,13 +357,13 @@ class StreamflowTask(Task):
                           val_lower_loss=float(intervals.one_sided_loss(out, batch.y, 2)))
         return losses
 
+    def validate(self, engine, step: int) -> dict[str, Any]:
+        """What training looks at (periodic evaluations, checkpoint selection): the validation losses only."""
+        return {"scalars": self.validation_losses(engine)}
+
     def evaluate(self, engine, step: int) -> dict[str, Any]:
-        """Validation losses; unless this is a periodic evaluation of a training run (before its last
-        step), also the full validation and test scores (module docstring)."""
-        losses = self.validation_losses(engine)
-        if self.training_run and step < self.total_steps:
-            return {"scalars": losses}
-        out: dict[str, Any] = {"scalars": losses, "median": {}, "per_basin": {}}
+        """The validation losses and the full validation and test scores (module docstring)."""
+        out: dict[str, Any] = {"scalars": self.validation_losses(engine), "median": {}, "per_basin": {}}
         for split in ("val", "test"):
             p = self.predict(engine, split)
             self.scores[split] = p
