@@ -132,13 +132,21 @@ class EmulatorTask(Task):
             out = np.concatenate([forward(xn[i:i + 65536]).float().cpu().numpy() for i in range(0, len(xn), 65536)])
         return out.astype(np.float64) * self.std.y_std + self.std.y_mean
 
-    def evaluate(self, engine, step: int) -> dict[str, Any]:
+    def _scores(self, engine, parts: dict[str, np.ndarray]) -> dict[str, float]:
         p, scalars = self.problem, {}
-        for part, rows in (("val", self.val_rows), ("test", self.test_rows)):
+        for part, rows in parts.items():
             pred = self.predict(lambda x: engine.forward((x,)), p.x[rows])
             true = p.y[rows]
             scalars[f"{part}_r2"] = float(np.nanmean(r2_score(pred, true)))
             scalars[f"{part}_rel_rmse"] = float(np.mean(np.sqrt(((pred - true) ** 2).mean(0)) / true.std(0)))
+        return scalars
+
+    def validate(self, engine, step: int) -> dict[str, Any]:
+        """What training (checkpoint selection) looks at: validation runs only."""
+        return {"scalars": self._scores(engine, {"val": self.val_rows})}
+
+    def evaluate(self, engine, step: int) -> dict[str, Any]:
+        p, scalars = self.problem, self._scores(engine, {"val": self.val_rows, "test": self.test_rows})
         scalars["components"] = float(len(self.decoder[0]) if self.decoder is not None else p.y.shape[1])
         return {"scalars": scalars, "runs": {"train": len(self.train_rows), "val": len(self.val_rows),
                                              "test": len(self.test_rows)}}
