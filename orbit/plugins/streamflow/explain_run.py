@@ -37,7 +37,8 @@ def truth_checks(attr: Attribution, task, b: np.ndarray, t0: np.ndarray, lead: i
             "melt_days": int(melt.sum()), "other_days": int((~melt).sum())}
 
 
-def _heatmap(matrix: np.ndarray, names: list[str], seq_len: int, title: str, path: Path) -> None:
+def _heatmap(matrix: np.ndarray, names: list[str], seq_len: int, title: str, path: Path,
+             label: str = "mean |attribution|") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +50,7 @@ def _heatmap(matrix: np.ndarray, names: list[str], seq_len: int, title: str, pat
                       extent=(lags[0] - 0.5, lags[-1] + 0.5, len(names) - 0.5, -0.5))
     ax.set(yticks=range(len(names)), yticklabels=names, xlabel="day relative to issue day (>0: forecast days)",
            title=title)
-    fig.colorbar(image, ax=ax, label="mean |attribution|")
+    fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -104,7 +105,7 @@ def run_explain(run_dir: str | Path, methods: list[str] | None = None, samples: 
         if "beta" in maps:
             result["imv_variable_importance"] = dict(zip([*names, "flow"], maps["beta"].astype(float).tolist()))
             _heatmap(maps["alpha"].T, [*names, "flow"], cfg.data.seq_len, "IMV-LSTM temporal attention",
-                     out_dir / "attention_imv.png")
+                     out_dir / "attention_imv.png", label="mean attention weight α")
         if "cross" in maps:
             result["tst_cross_attention_lead1_peak_lag"] = int(np.argmax(maps["cross"][0]) - cfg.data.seq_len + 1)
             np.save(out_dir / "attention_tst.npy", maps["cross"])
