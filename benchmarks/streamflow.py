@@ -48,6 +48,7 @@ CASES = [
      ["options.bound_steps=500"]),
     ("lstm + PI3NN", "changing.yaml", "changing conditions, 0.4 degC/yr (90% intervals)",
      ["options.bound_steps=500", "data.warming=0.4"]),
+    ("lstm (365-day sequences)", "lstm_365.yaml", "temporal", []),
 ]
 EXPLAIN = {0: ["ig", "shap"], 2: ["attention"], 7: ["attention"]}  # case index -> methods
 FIGURES = [(0, "explain/attribution_ig.png", "attribution_ig.png"), (0, "explain/attribution_shap.png",
@@ -80,6 +81,10 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/streamflow-benchmark"))
     parser.add_argument("--out", default="benchmarks/results/streamflow")
     parser.add_argument("--cases", type=int, nargs="+", default=None, help="indices into CASES (default: all)")
+    parser.add_argument("--skip-conceptual", action="store_true",
+                        help="no process baseline (it does not depend on --seed: calibrated once, with seed 0)")
+    parser.add_argument("--fold", type=int, default=0, help="data.fold of the ungauged cases (of 5)")
+    parser.add_argument("--skip-explain", action="store_true", help="no `orbit explain` (e.g. for a second seed)")
     args = parser.parse_args()
     budget = [f"train.max_steps={args.steps}", f"data.batch_size={args.batch_size}",
               f"train.eval_every={args.eval_every}", f"train.ckpt_every={args.steps}",
@@ -90,6 +95,11 @@ def main() -> int:
     for index, (label, config, protocol, extra) in enumerate(CASES):
         if args.cases is not None and index not in args.cases:
             continue
+        if args.skip_conceptual:
+            extra = [o for o in extra if not o.startswith("eval.conceptual")]
+        if "data.fold=0" in extra:
+            extra = [f"data.fold={args.fold}" if o == "data.fold=0" else o for o in extra]
+            protocol = protocol.replace("fold 0", f"fold {args.fold}")
         run = args.runs / f"case{index}"
         if (run / "summary.json").is_file():
             bench = run / "bench.json"
@@ -115,10 +125,11 @@ def main() -> int:
         if entry["conceptual"] and summary["conceptual"]["regionalisation"].startswith("own") \
                 and "synthetic" in (run / "config.yaml").read_text():
             entry["conceptual"]["recovery"] = parameter_recovery(summary["conceptual"]["parameters"], run)
-        if index in EXPLAIN and not (run / "explain" / "explanations.json").is_file():
+        explain = index in EXPLAIN and not args.skip_explain
+        if explain and not (run / "explain" / "explanations.json").is_file():
             _orbit(["explain", "--run-dir", str(run), "--methods", *EXPLAIN[index], "--samples", "256"],
                    args.runs / f"case{index}_explain.log")
-        if index in EXPLAIN:
+        if explain:
             entry["explain"] = json.loads((run / "explain" / "explanations.json").read_text())
         results.append(entry)
         print(f"case {index} {label} {protocol}: {seconds and round(seconds)} s", flush=True)
@@ -157,11 +168,21 @@ def _model_key(median: dict) -> str:
     return next(k for k in median if k not in ("climatology", "persistence", "conceptual"))
 
 
+def _flags(args) -> str:
+    """The non-default options of this run, for the reproduce command."""
+    flags = [f"--runs {args.runs}"] if str(args.runs) != "runs/streamflow-benchmark" else []
+    flags += [f"--cases {' '.join(map(str, args.cases))}"] if args.cases else []
+    flags += [f"--fold {args.fold}"] if args.fold else []
+    flags += [f"--{name.replace('_', '-')}" for name in ("skip_conceptual", "skip_explain") if getattr(args, name)]
+    flags += [f"--out {args.out}"] if args.out != "benchmarks/results/streamflow" else []
+    return "".join(" " + f for f in flags)
+
+
 def markdown(results: list[dict], budget: list[str], args) -> str:
     lines = ["# Streamflow benchmark", "",
              f"Command: `OMP_NUM_THREADS=1 python benchmarks/streamflow.py --steps {args.steps} --batch-size "
              f"{args.batch_size} --eval-basins {args.eval_basins} --eval-every {args.eval_every} --seed "
-             f"{args.seed}`; every case: `orbit train --config configs/plugins/streamflow/<config> "
+             f"{args.seed}{_flags(args)}`; every case: `orbit train --config configs/plugins/streamflow/<config> "
              f"{' '.join(budget)} <overrides>`. Same budget for every model; the state kept is the one with the "
              f"lowest validation loss (`train.select_best: val_{{phase}}_loss` in the configs; chosen step(s) "
              f"below, '–': a run from before model selection, last step), nothing else tuned. Median over "

@@ -98,3 +98,19 @@ def test_windows_normalise_with_training_basins_and_days_only_and_shard_like_one
     one = next(iter(WindowBatches(w, b, t0, 8, seed=0, rank=0, world_size=1)))
     two = [next(iter(WindowBatches(w, b, t0, 4, seed=0, rank=r, world_size=2))) for r in range(2)]
     torch.testing.assert_close(torch.cat([two[0].x_past, two[1].x_past]), one.x_past)
+
+
+def test_the_365_day_config_loads_and_its_first_training_window_fits_in_the_record():
+    """lstm_365.yaml (NeuralHydrology's sequence length): 1980 is the spin-up of the 1981 training start;
+    the first window starts inside the record (no wrap-around index), one more day fails with a clear error."""
+    from orbit.config import load_config
+    from orbit.plugins.streamflow.task import StreamflowTask
+
+    config = Path(__file__).resolve().parents[2] / "configs/plugins/streamflow/lstm_365.yaml"
+    task = StreamflowTask(load_config(config, ["data.n_basins=2"]))
+    b, t0 = task.train_samples
+    assert task.cfg.data.seq_len == 365 and t0.min() - 364 >= 0
+    assert str(task.data.dates[t0.min() + 1]) == "1981-01-01"
+    assert task.windows.batch(b[:3], t0[:3]).x_past.shape == (3, 365, len(DRIVERS))
+    with pytest.raises(ValueError, match="seq_len=367"):
+        StreamflowTask(load_config(config, ["data.n_basins=2", "data.seq_len=367"]))
