@@ -343,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     uqb.add_argument("--steps", type=int, default=1500, help="optimizer steps per network")
     uqb.add_argument("--methods", nargs="+", default=None, help="default: all")
     uqb.add_argument("--tune-trials", type=int, default=0,
-                     help="per-set random search of N trials on validation rows for pi3nn, pi3nn_val, ensemble and "
-                          "mc_dropout (the same trials for each; 0: the shipped settings)")
+                     help="per-set random search of N trials on validation rows for every method (each from its "
+                          "own space, the same number and objective for each; 0: the shipped settings)")
     uqb.add_argument("--tune-on", default="each", choices=["each", "first"],
                      help="search on each split's validation rows, or on split 0's for every split (cheaper)")
     uqb.add_argument("--run-dir", type=Path, required=True)

@@ -1,5 +1,5 @@
 """The per-set search of `orbit uq benchmark --tune-trials`: chosen on validation rows only, the same
-trials for every tuned method, clear errors."""
+number of trials for every method (each from its own space), clear errors."""
 import argparse
 
 import numpy as np
@@ -7,11 +7,14 @@ import pytest
 
 from orbit.plugins.pi3nn.benchmark import format_suite, main, run_benchmark
 from orbit.plugins.pi3nn.data import heteroscedastic, split_rows
-from orbit.plugins.pi3nn.methods import Budget
-from orbit.plugins.pi3nn.tuning import candidates, check_tuning, interval_score
+from orbit.plugins.pi3nn.methods import METHODS, Budget
+from orbit.plugins.pi3nn.tuning import SPACES, candidates, check_tuning, interval_score
 
 SPACE = {"lr": [3e-3, 1e-2], "hidden": [8], "weight_decay": [0.0, 1.0], "steps": [20, 30]}
-METHODS = ["pi3nn", "pi3nn_val", "ensemble", "mc_dropout"]
+TINY = {**{m: SPACE for m in ("pi3nn", "pi3nn_val", "ensemble", "mc_dropout", "conformal")},  # every method, tiny
+        "bnn": {"lr": [3e-3, 1e-2], "hidden": [8], "steps": [20, 30], "bnn_prior_sd": [0.3, 1.0]},
+        "gp": {"gp_kernel": ["rbf", "matern52"], "gp_ard": [True, False], "gp_noise_floor": [1e-5, 1e-2]},
+        "cqr": {"cqr_estimators": [10, 20], "cqr_depth": [2, 3], "cqr_lr": [0.1], "cqr_min_leaf": [1, 5]}}
 
 
 def _csv(path, x, y):
@@ -22,7 +25,7 @@ def _csv(path, x, y):
 def _tuned(tmp_path, name, x, y):
     budget = Budget(steps=20, hidden=8, check_every=10, ensemble_members=2, mc_samples=10)
     return run_benchmark(_csv(tmp_path / f"{name}.csv", x, y), tmp_path / name, splits=1, methods=METHODS,
-                         budget=budget, tune_trials=3, space=SPACE, log=lambda *_: None)
+                         budget=budget, tune_trials=3, spaces=TINY, log=lambda *_: None)
 
 
 def test_choice_uses_validation_rows_only(tmp_path):
@@ -34,18 +37,47 @@ def test_choice_uses_validation_rows_only(tmp_path):
     y2[split.test] = np.random.default_rng(2).normal(size=len(split.test)) * 5
     other_test = _tuned(tmp_path, "other_test", x2, y2)
     search, search2 = base["tuning"]["searches"]["split0"], other_test["tuning"]["searches"]["split0"]
-    assert set(search["choice"]) == set(METHODS) and len(search["trials"]) == 3 and search["trials"][0] == {}
+    assert set(search["choice"]) == set(METHODS) == set(search["trials"])
+    assert all(len(t) == 3 and t[0] == {} for t in search["trials"].values())
+    assert search["trials"]["gp"][1].keys() == TINY["gp"].keys()  # each method draws from its own space
+    assert search["trials"]["pi3nn"] == search["trials"]["pi3nn_val"]  # they share the trained networks
     assert search2["scores"] == search["scores"] and search2["choice"] == search["choice"]
     assert set(base["methods"]) == {f"{m}_tuned" for m in METHODS}
     assert base["methods"]["pi3nn_tuned"]["wall_s"]["mean"] > 0  # split 0 reuses the search's run and its time
     table = format_suite({"toy": base})
     assert "settings chosen by the search (3 trials" in table and "| toy | split0 | mc_dropout |" in table
     assert base["methods"]["ensemble_tuned"]["picp"] != other_test["methods"]["ensemble_tuned"]["picp"]
+    assert base["budget"]["gp_kernel"] == "rbf"  # the shipped settings stay the base the trials replace
     y3 = y.copy()  # other validation targets: the scores the choice rests on change
     y3[split.val] += np.random.default_rng(4).normal(size=len(split.val))
     other_val = _tuned(tmp_path, "other_val", x, y3)["tuning"]["searches"]["split0"]
-    for method in METHODS:
-        assert other_val["scores"][method] != search["scores"][method]
+    for method in METHODS:  # (CQR's 27 validation rows are too few for a finite 95% interval: inf either way)
+        if method != "cqr":
+            assert other_val["scores"][method] != search["scores"][method]
+
+
+def test_every_method_has_a_space_of_budget_knobs():
+    assert set(SPACES) == set(METHODS)
+    fields = set(Budget.__dataclass_fields__)
+    for method, space in SPACES.items():
+        assert set(space) <= fields, method
+        assert all(len(v) == len(set(v)) >= 2 for v in space.values()), method
+
+
+def test_gp_bnn_cqr_knobs_change_their_fits():
+    from orbit.plugins.pi3nn.methods import FITTERS, SplitData
+
+    x, y = heteroscedastic(200, seed=5, dims=2)
+    x, y = x.astype(np.float32), ((y - y.mean()) / y.std()).astype(np.float32)
+    data = SplitData(x[:120], y[:120], x[120:160], y[120:160], x[160:])
+    base = Budget(steps=20, hidden=8, check_every=10, mc_samples=10)
+    for method, params in (("gp", {"gp_kernel": "matern52", "gp_ard": False, "gp_noise_floor": 0.5}),
+                           ("bnn", {"bnn_prior_sd": 0.1}), ("cqr", {"cqr_depth": 1, "cqr_estimators": 10})):
+        shipped = FITTERS[method](data, base, 0).interval(0.95)
+        other = FITTERS[method](data, Budget(**{**base.__dict__, **params}), 0).interval(0.95)
+        assert not np.allclose(shipped[1] - shipped[0], other[1] - other[0]), method
+    with pytest.raises(ValueError, match="gp_kernel.*'cubic'"):
+        FITTERS["gp"](data, Budget(gp_kernel="cubic"), 0)
 
 
 def test_interval_score_rewards_narrow_covering_intervals():
@@ -64,12 +96,14 @@ def test_trials_are_the_shipped_setting_then_distinct_draws():
 def test_bad_tuning_requests_are_refused():
     with pytest.raises(ValueError, match=">= 0"):
         check_tuning(-1, "each", METHODS)
-    with pytest.raises(ValueError, match="at most 9"):
-        check_tuning(10, "each", METHODS, SPACE)
+    with pytest.raises(ValueError, match="search space.*at most 9"):
+        check_tuning(10, "each", METHODS, TINY)
+    with pytest.raises(ValueError, match="same search space"):
+        check_tuning(3, "each", METHODS, {**TINY, "pi3nn_val": TINY["gp"]})
     with pytest.raises(ValueError, match="'sometimes'.*each"):
         check_tuning(3, "sometimes", METHODS)
     with pytest.raises(ValueError, match="none of the methods.*searched"):
-        check_tuning(3, "each", ["gp", "cqr"])
+        check_tuning(3, "each", ["gp", "cqr"], {"pi3nn": SPACE})
     args = argparse.Namespace(steps=10, csv=None, suite="ood", run_dir="unused", tune_trials=4, tune_on="each",
                               methods=None)
     with pytest.raises(ValueError, match="OOD suite"):

@@ -10,8 +10,8 @@ of y over the whole table), mean and std over the S*K fits, and the wall time of
 PI3NN is trained through the one trainer (`trained.py`): a run of task "pi3nn" per split and seed in
 `pi3nn/split<S>_seed<K>/`, on the same rows (checked), reused or resumed when the benchmark is relaunched.
 
-With `tune_trials` N > 0 (`--tune-trials`), PI3NN, the ensemble and MC dropout each get the same
-per-data-set random search of N trials on validation rows (`tuning.py`): on each split's own validation
+With `tune_trials` N > 0 (`--tune-trials`), every method gets the same per-data-set random search of N
+trials (each from its own space) with the same objective on the same validation rows (`tuning.py`): on each split's own validation
 rows (`tune_on="each"`) or on split 0's for every split (`"first"`, N times cheaper; split 0's
 validation rows can then be test rows of the other splits). The tuned methods are reported as
 `<method>_tuned`; PI3NN's runs move to `pi3nn/trial<I>/split<S>_seed<K>/` and the search's scores to
@@ -36,7 +36,7 @@ from .data import Standardized, cubic, read_table, split_rows
 from .intervals import CALIBRATION_LEVELS, check_confidence, mpiw, picp
 from .methods import FITTERS, METHODS, Budget, Fitted, SplitData, fit_ensemble, fit_mc_dropout
 from .trained import calibrator, outputs, train_run
-from .tuning import SEARCH_SPACE, TUNABLE, check_tuning, trial_budget, tune
+from .tuning import SPACES, check_tuning, trial_budget, tune
 
 PI3NN_VARIANTS = {"pi3nn": "train", "pi3nn_val": "val"}  # method -> rows of step 4
 
@@ -92,12 +92,13 @@ def _search_wall(search: dict, trial: int) -> float:
 
 def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95, splits: int = 5, seeds: int = 1,
                   methods=None, budget: Budget | None = None, log=print, tune_trials: int = 0,
-                  tune_on: str = "each", space: dict | None = None) -> dict[str, Any]:
+                  tune_on: str = "each", spaces: dict | None = None) -> dict[str, Any]:
     gamma = check_confidence(confidence, "--confidence")
     if splits < 1 or seeds < 1:
         raise ValueError(f"--splits and --seeds must be >= 1, got {splits} and {seeds}")
     methods = check_methods(methods)
-    check_tuning(tune_trials, tune_on, methods, *([space] if space else []))
+    spaces = spaces or SPACES
+    check_tuning(tune_trials, tune_on, methods, spaces)
     budget = dataclasses.replace(budget or Budget(), confidence=gamma)
     x, y = read_table(csv)
     run_dir = Path(run_dir)
@@ -105,7 +106,7 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
     y_range = float(np.ptp(y))
     levels = sorted(set(CALIBRATION_LEVELS) | {gamma})
     runs, searches = [], {}
-    label = {m: f"{m}_tuned" if tune_trials and m in TUNABLE else m for m in methods}
+    label = {m: f"{m}_tuned" if tune_trials and m in spaces else m for m in methods}
     for s in range(splits):
         split = split_rows(len(y), 0.1, 0.1, seed=s)
         table = Standardized(x, y, split.train)
@@ -118,10 +119,11 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
                 t_split = split_rows(len(y), 0.1, 0.1, seed=t)
                 t_data = _split_data(Standardized(x, y, t_split.train), t_split)
                 log(f"{Path(csv).stem}: searching {tune_trials} trials on the validation rows of split {t}")
-                searches[t] = tune(t_data, methods, budget, tune_trials, 1000 * t,
+                searches[t], search_fits = tune(t_data, methods, budget, tune_trials, 1000 * t,
                                    lambda b, i: _pi3nn_run(run_dir, csv, gamma, t, 0, b, t_split, i)[:2],
-                                   run_dir / "tune" / f"split{t}.json", **({"space": space} if space else {}), log=log)
+                                   run_dir / "tune" / f"split{t}.json", spaces, log=log)
             choice = searches[t]["choice"]
+        reuse = search_fits if tune_trials and s == t else {}  # the search's own fit of split s, seed 0
         for k in range(seeds):
             seed = 1000 * s + k
             fits, trained = {}, {}
@@ -137,7 +139,12 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
             for method in methods:
                 start = time.perf_counter()
                 b = trial_budget(budget, choice[method]["params"]) if method in choice else budget
-                fitted, wall = fits[method] if method in fits else (FITTERS[method](data, b, seed), 0.0)
+                if method in fits:
+                    fitted, wall = fits[method]
+                elif k == 0 and method in reuse:
+                    fitted, wall = reuse[method]
+                else:
+                    fitted, wall = FITTERS[method](data, b, seed), 0.0
                 lower, upper = (a * table.y_std + table.y_mean for a in fitted.interval(gamma))
                 wall += time.perf_counter() - start
                 row = {"method": label[method], "split": s, "seed": k, "picp": picp(y_test, lower, upper),
@@ -156,7 +163,7 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
                "splits": splits, "seeds": seeds, "budget": budget.__dict__, "calibration_levels": levels,
                "methods": {}}
     if tune_trials:
-        summary["tuning"] = {"trials": tune_trials, "on": tune_on, "space": space or SEARCH_SPACE,
+        summary["tuning"] = {"trials": tune_trials, "on": tune_on, "spaces": {m: spaces[m] for m in methods if m in spaces},
                              "searches": {f"split{t}": r for t, r in searches.items()}}
     for method in (label[m] for m in methods):
         rows = [r for r in runs if r["method"] == method]
@@ -257,7 +264,8 @@ def _format_choices(results: dict[str, dict]) -> list[str]:
         for split, search in s.get("tuning", {}).get("searches", {}).items():
             for method, c in search["choice"].items():
                 walls = search.get("wall_s", {}).get(method, [])
-                setting = ", ".join(f"{k} {v:g}" for k, v in c["params"].items()) or "shipped"
+                setting = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in c["params"].items()) or "shipped"
                 rows.append(f"| {name} | {split} | {method} | {c['trial']} | {setting} | "
                             f"{c['score']:.3f} | {c['picp']:.3f} | {sum(walls):.0f} |")
     if not rows:

@@ -15,14 +15,17 @@ The baselines:
             variance heads), the mixture's mean and variance, mean +- z sd.
 - mc_dropout MC dropout (Gal & Ghahramani 2016) with a heteroscedastic Gaussian head (Kendall & Gal
             2017): dropout 0.1, 100 forward passes; variance = variance of the means + mean variance.
-- gp        exact Gaussian process (scikit-learn): constant * ARD RBF + white noise, marginal likelihood
-            fitted on at most `Budget.gp_max_rows` training rows (a random subset above that).
+- gp        exact Gaussian process (scikit-learn): constant * (ARD) RBF or Matern-5/2 + white noise (noise
+            level >= `gp_noise_floor`), marginal likelihood fitted on at most `Budget.gp_max_rows` training
+            rows (a random subset above that).
 - bnn       mean-field variational BNN, Bayes by backprop (Blundell et al. 2015), hand-written (no light
-            library fits): N(0, 1) prior, Gaussian posteriors, learned homoscedastic noise, 100 samples.
+            library fits): N(0, `bnn_prior_sd`^2) prior, Gaussian posteriors, learned homoscedastic noise,
+            100 samples.
 - conformal split conformal (MAPIE SplitConformalRegressor, absolute residual score) around an MLP trained
             on the training rows, conformalised on the validation rows.
 - cqr       conformalized quantile regression (MAPIE ConformalizedQuantileRegressor) with scikit-learn
-            gradient-boosting quantile regressors (the MAPIE reference setup), conformalised on the
+            gradient-boosting quantile regressors (the MAPIE reference setup; `cqr_*` their trees),
+            conformalised on the
             validation rows; its quantile models are trained for one gamma (no calibration curve).
 """
 from __future__ import annotations
@@ -40,6 +43,8 @@ from torch import nn
 from .model import mlp
 
 METHODS = ("pi3nn", "pi3nn_val", "ensemble", "mc_dropout", "gp", "bnn", "conformal", "cqr")
+# baselines whose interval at a row depends on that row alone (MC dropout's masks are drawn for the whole batch)
+ROW_WISE = ("ensemble", "gp", "bnn", "conformal", "cqr")
 
 
 @dataclass
@@ -56,6 +61,15 @@ class Budget:
     # AdamW weight decay of the weight matrices; None: each method's shipped setting (the baselines: none,
     # PI3NN: its config's train.weight_decay on f). Set by the per-set search (`tuning.py`).
     weight_decay: float | None = None
+    # the knobs of the non-network baselines (defaults: the shipped settings; searched by `tuning.py`)
+    gp_kernel: str = "rbf"  # "rbf" or "matern52"
+    gp_ard: bool = True  # one length scale per input, or one for all
+    gp_noise_floor: float = 1e-5  # lower bound of the white-noise level (standardised y)
+    bnn_prior_sd: float = 1.0
+    cqr_estimators: int = 100
+    cqr_depth: int = 3
+    cqr_lr: float = 0.1
+    cqr_min_leaf: int = 1
 
     def pi3nn_overrides(self) -> list[str]:
         """The same budget for PI3NN's trainer runs (the rest of its settings: configs/plugins/pi3nn/benchmark.yaml)."""
@@ -205,14 +219,18 @@ def fit_mc_dropout(data: SplitData, budget: Budget, seed: int, dropout: float = 
 # ----------------------------------------------------------------------------- Gaussian process
 def fit_gp(data: SplitData, budget: Budget, seed: int) -> Fitted:
     from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern, WhiteKernel
 
     x, y = data.x_train, data.y_train
     if len(x) > budget.gp_max_rows:
         rows = np.random.default_rng([seed, 5]).choice(len(x), budget.gp_max_rows, replace=False)
         x, y = x[rows], y[rows]
-    d = x.shape[1]
-    kernel = ConstantKernel(1.0, (1e-2, 1e2)) * RBF(np.ones(d), (1e-2, 1e3)) + WhiteKernel(0.1, (1e-5, 1e1))
+    if budget.gp_kernel not in ("rbf", "matern52"):
+        raise ValueError(f"gp_kernel must be 'rbf' or 'matern52', got {budget.gp_kernel!r}")
+    scale = np.ones(x.shape[1]) if budget.gp_ard else 1.0
+    shape = RBF(scale, (1e-2, 1e3)) if budget.gp_kernel == "rbf" else Matern(scale, (1e-2, 1e3), nu=2.5)
+    floor = budget.gp_noise_floor
+    kernel = ConstantKernel(1.0, (1e-2, 1e2)) * shape + WhiteKernel(max(0.1, 2 * floor), (floor, 1e1))
     gp = GaussianProcessRegressor(kernel, normalize_y=False, n_restarts_optimizer=0, random_state=seed)
     gp.fit(x.astype(np.float64), y.astype(np.float64))
     mean, sd = gp.predict(data.x_test.astype(np.float64), return_std=True)  # sd includes the white noise
@@ -246,9 +264,10 @@ class BayesLinear(nn.Module):
 
 
 class BayesMLP(nn.Module):
-    def __init__(self, d: int, hidden: int):
+    def __init__(self, d: int, hidden: int, prior_sd: float = 1.0):
         super().__init__()
-        self.l1, self.l2, self.out = BayesLinear(d, hidden), BayesLinear(hidden, hidden), BayesLinear(hidden, 1)
+        self.l1, self.l2, self.out = (BayesLinear(d, hidden, prior_sd), BayesLinear(hidden, hidden, prior_sd),
+                                      BayesLinear(hidden, 1, prior_sd))
         self.log_noise = nn.Parameter(torch.tensor(-1.0))
 
     def forward(self, x):
@@ -260,7 +279,7 @@ class BayesMLP(nn.Module):
 
 def fit_bnn(data: SplitData, budget: Budget, seed: int) -> Fitted:
     torch.manual_seed(seed)
-    net = BayesMLP(data.x_train.shape[1], budget.hidden)
+    net = BayesMLP(data.x_train.shape[1], budget.hidden, budget.bnn_prior_sd)
     n = len(data.x_train)
     xv, yv, xt = _t(data.x_val), _t(data.y_val), _t(data.x_test)
 
@@ -341,7 +360,8 @@ def fit_cqr(data: SplitData, budget: Budget, seed: int) -> Fitted:
     from mapie.regression import ConformalizedQuantileRegressor
     from sklearn.ensemble import GradientBoostingRegressor
 
-    est = GradientBoostingRegressor(loss="quantile", n_estimators=100, max_depth=3, learning_rate=0.1,
+    est = GradientBoostingRegressor(loss="quantile", n_estimators=budget.cqr_estimators, max_depth=budget.cqr_depth,
+                                    learning_rate=budget.cqr_lr, min_samples_leaf=budget.cqr_min_leaf,
                                     random_state=seed)
     cqr = ConformalizedQuantileRegressor(est, confidence_level=gamma, prefit=False)
     cqr.fit(data.x_train, data.y_train)
