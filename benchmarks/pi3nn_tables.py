@@ -7,12 +7,13 @@ go beside the shipped settings); runs of different splits or seeds are refused.
     python benchmarks/pi3nn_tables.py RUN_A RUN_B > table.md
     python benchmarks/pi3nn_tables.py RUN_A RUN_B --plots DIR    # also DIR/pi3nn_uci_calibration_<set>.png
     python benchmarks/pi3nn_tables.py RUN_A RUN_B --json FILE    # also the merged per-set summaries
+    python benchmarks/pi3nn_tables.py RUN_A --grid FILE.png        # also every set's calibration in one figure
 """
 import json
 import sys
 from pathlib import Path
 
-from orbit.plugins.pi3nn.benchmark import UCI_SETS, format_suite, plot_calibration
+from orbit.plugins.pi3nn.benchmark import UCI_SETS, draw_calibration, format_suite, plot_calibration
 from orbit.plugins.pi3nn.methods import METHODS
 
 
@@ -44,16 +45,41 @@ def merge(run_dirs: list[str]) -> dict:
     return {name: results[name] for name in UCI_SETS if name in results}
 
 
+def plot_grid(results: dict, path: Path) -> None:
+    """Every set's calibration curves (mean test PICP against gamma, every method) in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 3
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.8 * rows + 0.8), squeeze=False)
+    for ax, (name, summary) in zip(axes.flat, results.items()):
+        draw_calibration(ax, summary, f"{name} ({summary['splits']} splits)")
+    for ax in axes.flat[len(results):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0.8 / (3.8 * rows + 0.8) + 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _option(args: list[str], flag: str) -> tuple[Path | None, list[str]]:
+    if flag not in args:
+        return None, args
+    at = args.index(flag)
+    return Path(args[at + 1]), args[:at] + args[at + 2:]
+
+
 def main(args: list[str]) -> str:
-    plots = None
-    if "--plots" in args:
-        at = args.index("--plots")
-        plots, args = Path(args[at + 1]), args[:at] + args[at + 2:]
-    out_json = None
-    if "--json" in args:
-        at = args.index("--json")
-        out_json, args = Path(args[at + 1]), args[:at] + args[at + 2:]
+    plots, args = _option(args, "--plots")
+    out_json, args = _option(args, "--json")
+    grid, args = _option(args, "--grid")
     results = merge(args)
+    if grid is not None:
+        plot_grid(results, grid)
     if out_json is not None:
         out_json.write_text(json.dumps(results, indent=1))
     if plots is not None:

@@ -198,19 +198,25 @@ def plot_calibration(summary: dict[str, Any], path: Path, title: str = "") -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = summary["calibration_levels"]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0.5, 1.0], [0.5, 1.0], "k:", lw=1, label="ideal")
-    for method, e in summary["methods"].items():
-        if "calibration" in e:
-            ax.plot(levels, e["calibration"], marker="o", ms=3, label=method)
-        else:  # fitted for one gamma only
-            ax.plot([summary["confidence"]], [e["picp"]["mean"]], "s", label=f"{method} (one gamma)")
-    ax.set(xlabel="confidence level gamma", ylabel="test PICP", title=title)
+    draw_calibration(ax, summary, title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def draw_calibration(ax, summary: dict[str, Any], title: str = "") -> None:
+    """Mean test PICP against gamma per method on `ax`; a method fitted for one gamma is one point."""
+    levels = summary["calibration_levels"]
+    ax.plot([0.5, 1.0], [0.5, 1.0], "k:", lw=1, label="ideal")
+    for i, (method, e) in enumerate(summary["methods"].items()):
+        style = {"color": f"C{i % 10}", "label": method}
+        if "calibration" in e:
+            ax.plot(levels, e["calibration"], marker="o", ms=3, **style)
+        else:  # fitted for one gamma only
+            ax.plot([summary["confidence"]], [e["picp"]["mean"]], "s", **{**style, "label": f"{method} (one gamma)"})
+    ax.set(xlabel="confidence level gamma", ylabel="test PICP", title=title)
 
 
 def run_uci_suite(run_dir: str | Path, root: str | Path | None = None, sets=UCI_SETS, **kwargs) -> dict[str, Any]:
@@ -258,22 +264,28 @@ def format_suite(results: dict[str, dict]) -> str:
 
 
 def _format_choices(results: dict[str, dict]) -> list[str]:
-    """The settings the per-set search chose (trial 0: the shipped setting) with their validation scores."""
+    """The settings the per-set search chose, one row per set and method: the chosen trial of each
+    searched split (trial 0: the shipped setting), those trials' settings, the mean validation score
+    and the search's wall time summed over the splits."""
     rows = []
     for name, s in results.items():
-        for split, search in s.get("tuning", {}).get("searches", {}).items():
-            for method, c in search["choice"].items():
-                walls = search.get("wall_s", {}).get(method, [])
-                setting = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in c["params"].items()) or "shipped"
-                rows.append(f"| {name} | {split} | {method} | {c['trial']} | {setting} | "
-                            f"{c['score']:.3f} | {c['picp']:.3f} | {sum(walls):.0f} |")
+        searches = s.get("tuning", {}).get("searches", {})
+        methods = dict.fromkeys(m for search in searches.values() for m in search["choice"])
+        for method in methods:
+            chosen = {split: search["choice"][method] for split, search in searches.items()}
+            settings = {c["trial"]: ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in c["params"].items()) or "shipped" for c in chosen.values()}
+            wall = sum(sum(search.get("wall_s", {}).get(method, [])) for search in searches.values())
+            rows.append(f"| {name} | {method} | {' '.join(str(c['trial']) for c in chosen.values())} | "
+                        + "; ".join(f"{t}: {settings[t]}" for t in sorted(settings))
+                        + f" | {np.mean([c['score'] for c in chosen.values()]):.3f} | {wall:.0f} |")
     if not rows:
         return []
-    trials = next(s["tuning"]["trials"] for s in results.values() if "tuning" in s)
-    return ["", f"### settings chosen by the search ({trials} trials, validation rows only)", "",
-            "| data | searched on | method | trial | setting | val interval score | val PICP | search s |",
-            "|---|---|---|---|---|---|---|---|", *rows]
+    first = next(s["tuning"] for s in results.values() if "tuning" in s)
+    where = "each split's own validation rows" if first["on"] == "each" else "split 0's validation rows"
+    return ["", f"### settings chosen by the search ({first['trials']} trials per method, on {where})", "",
+            "| data | method | chosen trial per split | settings of the chosen trials | mean val interval score | "
+            "search s |", "|---|---|---|---|---|---|", *rows]
 
 
 # ----------------------------------------------------------------------------- OOD
