@@ -1,7 +1,8 @@
 """Repeats of the streamflow benchmark side by side: the same cases of benchmarks/streamflow.py run with
 another training seed (--seed) or another ungauged fold (--fold) give one *_benchmark.json each; this
-writes, per case, every repeat's median test NSE / KGE (lead 1; forecasts also lead 30), validation NSE
-and chosen step, and their mean (seeds) or median (folds). Run from the repository root:
+writes, per case, every repeat's median test NSE / KGE (lead 1; forecasts also lead 30), validation NSE,
+the process baseline's test NSE where every repeat has it, the chosen step, and their mean (seeds) or
+median (folds). Run from the repository root:
 
     python benchmarks/streamflow_repeats.py --stat mean --out benchmarks/results/streamflow_seeds.md \\
         benchmarks/results/streamflow_benchmark.json benchmarks/results/streamflow_seed1_benchmark.json
@@ -23,14 +24,15 @@ def _scores(entry: dict) -> dict[str, float | None]:
     key = next(k for k in test if k not in REFERENCES)
     nse = test[key]["nse"]
     return {"test NSE": nse[0], "test KGE": test[key]["kge"][0], "test NSE lead 30": nse[-1] if len(nse) > 1 else None,
-            "val NSE": val[key]["nse"][0]}
+            "val NSE": val[key]["nse"][0], "conceptual test NSE": test.get("conceptual", {}).get("nse", [None])[0]}
 
 
 def table(files: list[Path], stat: str) -> str:
     runs = [{r["index"]: r for r in json.loads(f.read_text())["results"]} for f in files]
     shared = [i for i in runs[0] if all(i in r for r in runs[1:])]
     reduce = {"mean": np.mean, "median": np.median}[stat]
-    names = [k for k in _scores(runs[0][shared[0]]) if any(_scores(r[i])[k] is not None for r in runs for i in shared)]
+    names = [k for k in _scores(runs[0][shared[0]])  # columns some case has in every repeat
+             if any(all(_scores(r[i])[k] is not None for r in runs) for i in shared)]
     lines = [f"| model | protocol | {' | '.join(f'{n} (each; {stat})' for n in names)} | chosen steps |",
              "|---|---|" + "---|" * (len(names) + 1)]
     for i in shared:
