@@ -114,7 +114,8 @@ def main() -> int:
                 _orbit(["evaluate", "--run-dir", str(run), "--out", str(run / "conceptual"),
                         *[o for o in extra if o.startswith("eval.conceptual")]],
                        args.runs / f"case{index}_conceptual.log")
-            summary = json.loads((run / "conceptual" / "evaluation.json").read_text())
+            summary = {**json.loads((run / "conceptual" / "evaluation.json").read_text()),  # same checkpoint
+                       "selected": summary.get("selected")}
         entry = {"index": index, "label": label, "config": config, "protocol": protocol, "overrides": extra,
                  "seconds": seconds, "median": summary["median"], "intervals": summary.get("intervals"),
                  "selected": summary.get("selected"),

@@ -6,6 +6,8 @@ median (folds). Run from the repository root:
 
     python benchmarks/streamflow_repeats.py --stat mean --out benchmarks/results/streamflow_seeds.md \\
         benchmarks/results/streamflow_benchmark.json benchmarks/results/streamflow_seed1_benchmark.json
+    python benchmarks/streamflow_repeats.py --stat median --cases 3 4 --out benchmarks/results/streamflow_folds.md \\
+        benchmarks/results/streamflow_benchmark.json benchmarks/results/streamflow_fold{1,2,3,4}_benchmark.json
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ def _scores(entry: dict) -> dict[str, float | None]:
             "val NSE": val[key]["nse"][0], "conceptual test NSE": test.get("conceptual", {}).get("nse", [None])[0]}
 
 
-def table(files: list[Path], stat: str) -> str:
+def table(files: list[Path], stat: str, cases: list[int] | None = None) -> str:
     runs = [{r["index"]: r for r in json.loads(f.read_text())["results"]} for f in files]
-    shared = [i for i in runs[0] if all(i in r for r in runs[1:])]
+    shared = [i for i in runs[0] if all(i in r for r in runs[1:]) and (cases is None or i in cases)]
     reduce = {"mean": np.mean, "median": np.median}[stat]
     names = [k for k in _scores(runs[0][shared[0]])  # columns some case has in every repeat
              if any(all(_scores(r[i])[k] is not None for r in runs) for i in shared)]
@@ -56,12 +58,14 @@ def main() -> int:
     parser.add_argument("files", type=Path, nargs="+", help="*_benchmark.json of each repeat, in order")
     parser.add_argument("--stat", choices=("mean", "median"), default="mean")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cases", type=int, nargs="+", default=None, help="only these case indices")
     args = parser.parse_args()
     text = (f"# Streamflow benchmark repeats ({args.stat} over {len(args.files)})\n\n"
-            f"`python benchmarks/streamflow_repeats.py --stat {args.stat} --out {args.out} "
+            f"`python benchmarks/streamflow_repeats.py --stat {args.stat} "
+            f"{'--cases ' + ' '.join(map(str, args.cases)) + ' ' if args.cases else ''}--out {args.out} "
             f"{' '.join(map(str, args.files))}`; each file is one run of benchmarks/streamflow.py (its own .md "
             f"holds the command and budget). Median over scored basins per repeat; repeats separated by '/'.\n\n"
-            f"{table(args.files, args.stat)}\n")
+            f"{table(args.files, args.stat, args.cases)}\n")
     args.out.write_text(text)
     print(text)
     return 0
