@@ -81,6 +81,30 @@ def test_gp_bnn_cqr_knobs_change_their_fits():
         FITTERS["gp"](data, Budget(gp_kernel="cubic"), 0)
 
 
+def test_reported_fit_of_a_searched_baseline_is_the_fit_of_its_chosen_setting(tmp_path):
+    """The search's own fit is reported (no refit): it must equal a fresh fit of the chosen setting."""
+    import json
+
+    from orbit.plugins.pi3nn.benchmark import _split_data
+    from orbit.plugins.pi3nn.data import Standardized, read_table
+    from orbit.plugins.pi3nn.intervals import mpiw
+    from orbit.plugins.pi3nn.methods import FITTERS
+    from orbit.plugins.pi3nn.tuning import trial_budget
+
+    x, y = heteroscedastic(300, seed=3, dims=2)
+    summary = _tuned(tmp_path, "reuse", x, y)
+    rows = {r["method"]: r for r in json.loads((tmp_path / "reuse" / "runs.json").read_text())}
+    x, y = read_table(tmp_path / "reuse.csv")
+    split = split_rows(len(y), 0.1, 0.1, seed=0)
+    table = Standardized(x, y, split.train)
+    budget = Budget(steps=20, hidden=8, check_every=10, ensemble_members=2, mc_samples=10)
+    for method in ("ensemble", "gp", "conformal"):
+        params = summary["tuning"]["searches"]["split0"]["choice"][method]["params"]
+        fresh = FITTERS[method](_split_data(table, split), trial_budget(budget, params), 0)
+        lower, upper = (a * table.y_std + table.y_mean for a in fresh.interval(0.95))
+        assert rows[f"{method}_tuned"]["mpiw"] == pytest.approx(mpiw(lower, upper, float(np.ptp(y))), rel=1e-5)
+
+
 def test_interval_score_rewards_narrow_covering_intervals():
     y = np.array([0.0, 1.0, 2.0])
     assert interval_score(y, y - 1, y + 1, 0.9) == pytest.approx(2.0)
