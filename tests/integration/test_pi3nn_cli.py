@@ -26,7 +26,7 @@ def test_train_tiny_config_and_evaluate(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((run / "summary.json").read_text())
     sc = summary["scalars"]
-    assert sc["train_above"] == sc["train_below"] == sc["train_target_outside"] == 40  # floor(1620 * 0.05 / 2): 2000 rows - 200 test - 180 validation
+    assert sc["calibration_above"] == sc["calibration_below"] == sc["calibration_target_outside"] == 40  # floor(1620 * 0.05 / 2): 2000 rows - 200 test - 180 validation
     assert 0.85 < sc["test_picp"] <= 1.0
     assert [r["gamma"] for r in summary["calibration"]["test"]][0] == 0.5
     for name in ("pi3nn_report.md", "pi3nn_calibration.json", "pi3nn_calibration.png", "pi3nn_slice.png", "metrics.csv"):
@@ -83,6 +83,6 @@ def test_uq_benchmark_errors_name_the_value_and_what_is_valid(tmp_path, capsys):
     assert "exactly one of --csv" in capsys.readouterr().err
     assert main(["uq", "benchmark", "--csv", str(csv), "--tune-trials", "-2", "--run-dir", str(tmp_path / "r")]) == 2
     assert "--tune-trials must be an integer >= 0 (0: no search), got -2" in capsys.readouterr().err
-    assert main(["uq", "benchmark", "--csv", str(csv), "--tune-trials", "4", "--methods", "gp", "--run-dir",
+    assert main(["uq", "benchmark", "--csv", str(csv), "--tune-trials", "40", "--methods", "gp", "--run-dir",
                  str(tmp_path / "r")]) == 2
-    assert "none of the methods ['gp'] is searched" in capsys.readouterr().err
+    assert "--tune-trials=40 exceeds the 16 settings of gp's search space" in capsys.readouterr().err

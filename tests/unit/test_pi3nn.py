@@ -10,7 +10,8 @@ import torch
 
 from orbit.config import load_config
 from orbit.plugins.pi3nn.data import heteroscedastic, read_table, true_interval
-from orbit.plugins.pi3nn.intervals import IntervalCalibrator, bisect_scale, check_confidence, picp, target_count
+from orbit.plugins.pi3nn.intervals import (HeldOutCalibrator, IntervalCalibrator, bisect_scale, check_confidence,
+                                          make_calibrator, picp, target_count)
 from orbit.plugins.pi3nn.model import PI3NN, PI3NNConfig
 from orbit.plugins.pi3nn.task import PI3NNTask, lower_loss, upper_loss
 from orbit.run.runner import run_training
@@ -33,11 +34,42 @@ def test_bisection_puts_exactly_the_target_count_outside_for_every_gamma(n):
         lower, upper = cal.bounds(f, u, l, gamma)
         assert s.target == k == target_count(n, gamma)
         assert int((y > upper).sum()) == k and int((y < lower).sum()) == k, (gamma, s)
-        assert s.exact
         assert picp(y, lower, upper) == pytest.approx(1 - 2 * k / n)
     # a wider gamma never gives a narrower interval (no crossing)
     widths = [cal.width(u, l, g) for g in GAMMAS]
     assert all((b >= a).all() for a, b in zip(widths, widths[1:]))
+
+
+@pytest.mark.parametrize("n", [28, 45, 200])
+def test_held_out_calibration_covers_rank_over_n_plus_one_on_new_points(n):
+    """Split conformal's known answer: on exchangeable new points the expected coverage is exactly
+    ceil((n + 1) gamma) / (n + 1) >= gamma, where the training-row count would fall short."""
+    rng = np.random.default_rng(n)
+    gamma, reps, m = 0.95, 2000, 200
+    rank = int(np.ceil((n + 1) * gamma))
+    covered, by_count = [], []
+    for _ in range(reps):
+        x = rng.uniform(-1, 1, size=n + m)
+        f, u, l = np.zeros(n + m), 0.5 + x ** 2, 1.0 + 0.5 * np.abs(x)
+        y = np.where(rng.uniform(size=n + m) < 0.5, u, -l) * rng.exponential(size=n + m)  # skewed, heteroscedastic
+        cal, test = slice(0, n), slice(n, None)
+        lower, upper = HeldOutCalibrator(y[cal], f[cal], u[cal], l[cal]).bounds(f[test], u[test], l[test], gamma)
+        covered.append(picp(y[test], lower, upper))
+        lower, upper = IntervalCalibrator(y[cal], f[cal], u[cal], l[cal]).bounds(f[test], u[test], l[test], gamma)
+        by_count.append(picp(y[test], lower, upper))
+    assert np.mean(covered) == pytest.approx(rank / (n + 1), abs=0.003)
+    if n == 45:  # the training rows' rule (k = 1 outside per side, alpha between the two largest) under-covers
+        assert np.mean(by_count) < gamma - 0.005  # 0.938 here
+
+
+def test_held_out_calibration_is_unbounded_with_too_few_rows():
+    rng = np.random.default_rng(0)
+    y, ones = rng.normal(size=10), np.ones(10)
+    cal = make_calibrator("val", y, 0 * ones, ones, ones)
+    assert cal.scales(0.95).alpha == np.inf and np.isfinite(cal.scales(0.9).alpha)  # rank 11 > 10; rank 10
+    np.testing.assert_allclose(cal.confidence_score(np.array([1.0, 4.0]), np.array([1.0, 4.0]), 0.95), [1.0, 0.25])
+    with pytest.raises(ValueError, match="'train' \\(the paper\\) or 'val'"):
+        make_calibrator("test", y, 0 * ones, ones, ones)
 
 
 def test_bisection_with_ties_keeps_at_most_the_target_outside():
@@ -77,7 +109,7 @@ def test_coverage_on_a_heteroscedastic_problem_with_known_quantiles(tmp_path):
     lo, hi = true_interval(x, 0.95)
     true_mpiw = float(np.mean(hi - lo) / np.ptp(y))
     assert 0.8 * true_mpiw < sc["test_mpiw"] < 1.3 * true_mpiw, (sc["test_mpiw"], true_mpiw)
-    assert sc["train_above"] == sc["train_below"] == sc["train_target_outside"]
+    assert sc["calibration_above"] == sc["calibration_below"] == sc["calibration_target_outside"]
     run = tmp_path / "run"
     assert (run / "pi3nn_report.md").is_file() and (run / "pi3nn_calibration.png").is_file()
 

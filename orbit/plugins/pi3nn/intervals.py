@@ -86,14 +86,10 @@ class Scales:
     gamma: float
     alpha: float
     beta: float
-    target: int  # k(gamma)
-    above: int  # training points above U
-    below: int  # training points below L
+    target: int  # k(gamma) per side (training rows); held-out rows: how many may lie outside in all
+    above: int  # calibration points above U
+    below: int  # calibration points below L
     n: int
-
-    @property
-    def exact(self) -> bool:
-        return self.above == self.target and self.below == self.target
 
 
 class IntervalCalibrator:
@@ -132,6 +128,45 @@ class IntervalCalibrator:
         """min(mean training width / width(x), 1) per input."""
         train_width = float(self.width(self.u, self.l, gamma).mean())
         return np.minimum(train_width / np.maximum(self.width(u, l, gamma), 1e-300), 1.0)
+
+
+class HeldOutCalibrator(IntervalCalibrator):
+    """Step 4 on held-out rows (residuals f did not see), with split conformal's finite-sample rank.
+
+    The training-row rule (exactly k = floor(n (1 - gamma) / 2) points outside on each side) covers a new
+    point with probability about 1 - 2 (k + 1) / (n + 1), below gamma when n is small (n = 45, gamma 0.95:
+    0.913). Here alpha = beta = q, the ceil((n + 1) gamma)-th smallest of the scores
+        s_i = max((y_i - f_i) / u_i, (f_i - y_i) / l_i),
+    so L <= y <= U iff s <= q and, for a new point exchangeable with the n held-out ones, coverage is at
+    least gamma (Romano et al. 2019's conformalized quantile regression, with u and l as the two sides'
+    scales). With fewer than gamma / (1 - gamma) rows the rank exceeds n and the interval is unbounded
+    (q = inf), as split conformal's is."""
+
+    def __init__(self, y, f, u, l):
+        super().__init__(y, f, u, l)
+        self.score = np.sort(np.maximum(self.r_up, self.r_down))
+
+    def scales(self, gamma: float) -> Scales:
+        gamma = check_confidence(gamma)
+        if gamma not in self._cache:
+            n = len(self.score)
+            rank = int(np.ceil((n + 1) * gamma - 1e-9))
+            q = float(self.score[rank - 1]) if rank <= n else float("inf")
+            above, below = int(np.count_nonzero(self.r_up > q)), int(np.count_nonzero(self.r_down > q))
+            self._cache[gamma] = Scales(gamma, q, q, max(n - rank, 0), above, below, n)
+        return self._cache[gamma]
+
+    def confidence_score(self, u, l, gamma: float) -> np.ndarray:
+        """min(mean held-out width / width(x), 1): alpha = beta, so it cancels (finite where q is inf)."""
+        cal_width = float((self.u + self.l).mean())
+        return np.minimum(cal_width / np.maximum(np.asarray(u) + np.asarray(l), 1e-300), 1.0)
+
+
+def make_calibrator(calibrate_on: str, y, f, u, l) -> IntervalCalibrator:
+    """Step 4 on the training rows ("train": the paper's exact count) or held-out validation rows ("val")."""
+    if calibrate_on not in ("train", "val"):
+        raise ValueError(f"calibrate_on={calibrate_on!r} must be 'train' (the paper) or 'val'")
+    return (IntervalCalibrator if calibrate_on == "train" else HeldOutCalibrator)(y, f, u, l)
 
 
 def picp(y, lower, upper) -> float:

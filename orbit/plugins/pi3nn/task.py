@@ -9,7 +9,7 @@ Phases (`Task.phases`), each with its own AdamW over one network, checkpointed a
 Evaluation: each phase's own loss on the validation rows (`val_mean_loss`, `val_upper_loss`,
 `val_lower_loss`, standardised units; `train.select_best: val_{phase}_loss` early-stops each network on
 it), then step 4: alpha, beta by bisection on the training rows (`options.calibrate_on: val`: on the
-validation rows) for `options.confidence`, then test
+validation rows, with split conformal's finite-sample rank, `HeldOutCalibrator`) for `options.confidence`, then test
 and validation PICP / MPIW, a calibration curve (PICP against gamma 0.5..0.99, no retraining) and the
 per-input confidence score min(mean training width / width(x), 1). Units: the networks see x and y
 standardised with training-row statistics; intervals are reported in y's units.
@@ -31,7 +31,8 @@ from orbit.registry import register_task
 from orbit.train.task import Phase, Task
 
 from .data import Standardized, cubic, heteroscedastic, read_table, split_rows
-from .intervals import CALIBRATION_LEVELS, IntervalCalibrator, calibration_curve, check_confidence, mpiw, picp
+from .intervals import (CALIBRATION_LEVELS, IntervalCalibrator, calibration_curve, check_confidence, make_calibrator,
+                        mpiw, picp)
 from .model import PI3NN, PI3NNConfig
 
 SYNTHETIC = ("heteroscedastic", "cubic")
@@ -169,7 +170,7 @@ class PI3NNTask(Task):
     def calibrator(self, engine) -> IntervalCalibrator:
         rows = self.split.train if self.options.calibrate_on == "train" else self.split.val
         f, u, l = self.network_outputs(engine, rows).T
-        return IntervalCalibrator(self.table.yn[rows], f, u, l)
+        return make_calibrator(self.options.calibrate_on, self.table.yn[rows], f, u, l)
 
     def intervals(self, engine, calibrator: IntervalCalibrator, rows: np.ndarray, gamma: float):
         """(prediction, lower, upper, confidence score) in y's units."""
@@ -197,7 +198,8 @@ class PI3NNTask(Task):
         cal = self.calibrator(engine)
         s = cal.scales(gamma)
         scalars: dict[str, float] = {**self.validation_losses(engine), "alpha": s.alpha, "beta": s.beta,
-                                     "train_above": s.above, "train_below": s.below, "train_target_outside": s.target,
+                                     "calibration_above": s.above, "calibration_below": s.below,
+                                     "calibration_target_outside": s.target,
                                      "calibration_picp": 1.0 - (s.above + s.below) / s.n}
         curves = {}
         for part, rows in (("val", self.split.val), ("test", self.split.test)):
@@ -233,8 +235,9 @@ class PI3NNTask(Task):
         gamma = summary["confidence"]
         Path(run_dir, "pi3nn_calibration.json").write_text(json.dumps(curves, indent=1))
         lines = [f"PI3NN at confidence {gamma}, step {summary.get('step')}: alpha {sc['alpha']:.4f}, beta "
-                 f"{sc['beta']:.4f}; training points above U / below L: {sc['train_above']} / {sc['train_below']} "
-                 f"(target {sc['train_target_outside']} each)", "",
+                 f"{sc['beta']:.4f}; {self.options.calibrate_on} rows above U / below L: {sc['calibration_above']} / "
+                 f"{sc['calibration_below']} (at most {sc['calibration_target_outside']} "
+                 f"{'each' if self.options.calibrate_on == 'train' else 'in all'})", "",
                  "| part | PICP | MPIW (/ range of y) | RMSE | mean confidence score |", "|---|---|---|---|---|"]
         for part in ("val", "test"):
             lines.append(f"| {part} | {sc[part + '_picp']:.4f} | {sc[part + '_mpiw']:.4f} | {sc[part + '_rmse']:.4f} "

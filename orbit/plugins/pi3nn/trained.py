@@ -16,7 +16,7 @@ from orbit.config import load_config
 from orbit.run.evaluate import find_checkpoint, load_trained
 from orbit.run.runner import run_training
 
-from .intervals import IntervalCalibrator
+from .intervals import IntervalCalibrator, make_calibrator
 
 BENCHMARK_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "plugins" / "pi3nn" / "benchmark.yaml"
 
@@ -42,8 +42,6 @@ def outputs(model, xn: np.ndarray) -> np.ndarray:
 
 def calibrator(task, model, calibrate_on: str) -> IntervalCalibrator:
     """Step 4 on the run's training rows ("train", the paper) or its validation rows ("val")."""
-    if calibrate_on not in ("train", "val"):
-        raise ValueError(f"calibrate_on={calibrate_on!r} must be 'train' (the paper) or 'val'")
     rows = task.split.train if calibrate_on == "train" else task.split.val
     f, u, l = outputs(model, task.table.xn[rows]).T
-    return IntervalCalibrator(task.table.yn[rows], f, u, l)
+    return make_calibrator(calibrate_on, task.table.yn[rows], f, u, l)
