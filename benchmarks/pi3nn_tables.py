@@ -1,7 +1,7 @@
 """Merge the `uci_table.json` of one or more `orbit uq benchmark --suite uci` runs into one Markdown table,
 in the suite's format: the sets of all runs, and per set the methods of all runs (a later run's method
 replaces an earlier run's). E.g. the baselines of a full run with PI3NN re-run alone (`--methods pi3nn
-pi3nn_val`) on the same splits and seeds, or with a `--tune-trials` run (its `<method>_tuned` columns
+pi3nn_cal`) on the same splits and seeds, or with a `--tune-trials` run (its `<method>_tuned` columns
 go beside the shipped settings); runs of different splits or seeds are refused.
 
     python benchmarks/pi3nn_tables.py RUN_A RUN_B > table.md

@@ -65,10 +65,10 @@ def test_held_out_calibration_covers_rank_over_n_plus_one_on_new_points(n):
 def test_held_out_calibration_is_unbounded_with_too_few_rows():
     rng = np.random.default_rng(0)
     y, ones = rng.normal(size=10), np.ones(10)
-    cal = make_calibrator("val", y, 0 * ones, ones, ones)
+    cal = make_calibrator("cal", y, 0 * ones, ones, ones)
     assert cal.scales(0.95).alpha == np.inf and np.isfinite(cal.scales(0.9).alpha)  # rank 11 > 10; rank 10
     np.testing.assert_allclose(cal.confidence_score(np.array([1.0, 4.0]), np.array([1.0, 4.0]), 0.95), [1.0, 0.25])
-    with pytest.raises(ValueError, match="'train' \\(the paper\\) or 'val'"):
+    with pytest.raises(ValueError, match="'train' \\(the paper\\) or 'cal'"):
         make_calibrator("test", y, 0 * ones, ones, ones)
 
 
@@ -198,10 +198,28 @@ def test_training_validates_on_the_validation_losses_only_and_evaluates_everythi
     assert validation == {k: pytest.approx(full[k]) for k in ("val_mean_loss", "val_upper_loss", "val_lower_loss")}
 
 
-def test_calibration_set_must_be_train_or_val():
-    with pytest.raises(ValueError, match="'test'.*'train'.*'val'"):
+def test_calibration_set_must_be_train_or_cal_with_calibration_rows():
+    with pytest.raises(ValueError, match="'test'.*'train'.*'cal'"):
         load_config(TINY, ["options.calibrate_on=test"])
-    assert load_config(TINY, ["options.calibrate_on=val"]).options.calibrate_on == "val"
+    with pytest.raises(ValueError, match="cal_fraction=0.95 must be in \\[0, 1 - data.val_fraction\\)"):
+        load_config(TINY, ["data.cal_fraction=0.95"])
+    cfg = load_config(TINY, ["options.calibrate_on=cal"])
+    with pytest.raises(ValueError, match="calibrate_on=cal needs calibration rows.*data.cal_fraction > 0"):
+        PI3NNTask(cfg)
+
+
+def test_calibration_rows_are_held_out_and_step_4_reads_only_them():
+    task = PI3NNTask(load_config(TINY, ["options.calibrate_on=cal", "data.cal_fraction=0.1", "data.n_samples=200"]))
+    s = task.split
+    parts = [s.train, s.val, s.cal, s.test]
+    assert sum(map(len, parts)) == len(task.table.y) == len(np.unique(np.concatenate(parts)))
+    assert len(s.cal) == len(s.val) > 0
+    model = PI3NN(PI3NNConfig(in_features=1))
+    engine = type("Engine", (), {"forward": staticmethod(lambda inputs: model(*inputs))})()
+    with torch.no_grad():
+        f, u, l = task.network_outputs(engine, s.cal).T
+        expected = HeldOutCalibrator(task.table.yn[s.cal], f, u, l).scales(0.95)
+        assert task.calibrator(engine).scales(0.95) == expected
 
 
 def _write(path, header, rows):

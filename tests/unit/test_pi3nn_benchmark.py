@@ -29,7 +29,14 @@ def test_cubic_ood_inputs_are_shifted_and_splits_are_90_10():
     assert x.shape == (4000, 10) and abs(x.mean()) < 0.05 and abs(xo.mean() - 2.0) < 0.05
     np.testing.assert_allclose(np.std(y - (x ** 3).sum(1) / 10), 1.0, atol=0.05)
     split = split_rows(1000, 0.1, 0.1, seed=0)
-    assert len(split.test) == 100 and len(split.val) == 90 and len(split.train) == 810
+    assert len(split.test) == 100 and len(split.val) == 90 and len(split.train) == 810 and len(split.cal) == 0
+    held_out = split_rows(1000, 0.1, 0.1, seed=0, cal_fraction=0.1)  # the benchmark's calibration part
+    for part in ("test", "val"):  # carved from the training rows only
+        np.testing.assert_array_equal(getattr(held_out, part), getattr(split, part))
+    assert len(held_out.cal) == 90 and len(held_out.train) == 720
+    assert np.union1d(held_out.train, held_out.cal).tolist() == split.train.tolist()
+    with pytest.raises(ValueError, match="val_fraction \\+ cal_fraction < 1"):
+        split_rows(1000, 0.1, 0.5, seed=0, cal_fraction=0.5)
 
 
 def test_suite_table_bolds_the_narrowest_covering_method():
@@ -55,7 +62,7 @@ def test_benchmark_fits_pi3nn_through_the_trainer_and_reuses_finished_runs(tmp_p
     csv = tmp_path / "t.csv"
     np.savetxt(csv, np.column_stack([x, y]), delimiter=",", header="x0,x1,y", comments="")
     bench, budget = tmp_path / "bench", Budget(steps=20, hidden=8)
-    kwargs = dict(splits=1, methods=["pi3nn", "pi3nn_val"], budget=budget, log=lambda *_: None)
+    kwargs = dict(splits=1, methods=["pi3nn", "pi3nn_cal"], budget=budget, log=lambda *_: None)
     first = run_benchmark(csv, bench, **kwargs)
     run = bench / "pi3nn" / "split0_seed0"
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000060"]  # 3 phases of 20 steps
@@ -64,7 +71,7 @@ def test_benchmark_fits_pi3nn_through_the_trainer_and_reuses_finished_runs(tmp_p
     # the benchmark's training-calibrated PI3NN is the run's own evaluation (same networks, same step 4)
     own = json.loads((run / "summary.json").read_text())["scalars"]
     assert first["methods"]["pi3nn"]["picp"]["mean"] == pytest.approx(own["test_picp"])
-    assert first["methods"]["pi3nn"]["rmse"]["mean"] == first["methods"]["pi3nn_val"]["rmse"]["mean"]
+    assert first["methods"]["pi3nn"]["rmse"]["mean"] == first["methods"]["pi3nn_cal"]["rmse"]["mean"]
     def scores(summary):
         return {m: (e["picp"], e["mpiw"], e["rmse"]) for m, e in summary["methods"].items()}
 

@@ -5,13 +5,13 @@ import argparse
 import numpy as np
 import pytest
 
-from orbit.plugins.pi3nn.benchmark import format_suite, main, run_benchmark
-from orbit.plugins.pi3nn.data import heteroscedastic, split_rows
+from orbit.plugins.pi3nn.benchmark import _benchmark_split, format_suite, main, run_benchmark
+from orbit.plugins.pi3nn.data import heteroscedastic
 from orbit.plugins.pi3nn.methods import METHODS, Budget
 from orbit.plugins.pi3nn.tuning import SPACES, candidates, check_tuning, interval_score
 
 SPACE = {"lr": [3e-3, 1e-2], "hidden": [8], "weight_decay": [0.0, 1.0], "steps": [20, 30]}
-TINY = {**{m: SPACE for m in ("pi3nn", "pi3nn_val", "ensemble", "mc_dropout", "conformal")},  # every method, tiny
+TINY = {**{m: SPACE for m in ("pi3nn", "pi3nn_cal", "ensemble", "mc_dropout", "conformal")},  # every method, tiny
         "bnn": {"lr": [3e-3, 1e-2], "hidden": [8], "steps": [20, 30], "bnn_prior_sd": [0.3, 1.0]},
         "gp": {"gp_kernel": ["rbf", "matern52"], "gp_ard": [True, False], "gp_noise_floor": [1e-5, 1e-2]},
         "cqr": {"cqr_estimators": [10, 20], "cqr_depth": [2, 3], "cqr_lr": [0.1], "cqr_min_leaf": [1, 5]}}
@@ -29,8 +29,8 @@ def _tuned(tmp_path, name, x, y):
 
 
 def test_choice_uses_validation_rows_only(tmp_path):
-    x, y = heteroscedastic(300, seed=3, dims=2)
-    split = split_rows(300, 0.1, 0.1, seed=0)
+    x, y = heteroscedastic(500, seed=3, dims=2)  # 45 calibration rows: CQR's 95% interval is finite
+    split = _benchmark_split(500, 0)
     base = _tuned(tmp_path, "base", x, y)
     x2, y2 = x.copy(), y.copy()  # other test rows: the search must not notice
     x2[split.test] = np.random.default_rng(1).normal(size=(len(split.test), 2)) * 3
@@ -40,7 +40,7 @@ def test_choice_uses_validation_rows_only(tmp_path):
     assert set(search["choice"]) == set(METHODS) == set(search["trials"])
     assert all(len(t) == 3 and t[0] == {} for t in search["trials"].values())
     assert search["trials"]["gp"][1].keys() == TINY["gp"].keys()  # each method draws from its own space
-    assert search["trials"]["pi3nn"] == search["trials"]["pi3nn_val"]  # they share the trained networks
+    assert search["trials"]["pi3nn"] == search["trials"]["pi3nn_cal"]  # they share the trained networks
     assert search2["scores"] == search["scores"] and search2["choice"] == search["choice"]
     assert set(base["methods"]) == {f"{m}_tuned" for m in METHODS}
     assert base["methods"]["pi3nn_tuned"]["wall_s"]["mean"] > 0  # split 0 reuses the search's run and its time
@@ -52,9 +52,14 @@ def test_choice_uses_validation_rows_only(tmp_path):
     y3 = y.copy()  # other validation targets: the scores the choice rests on change
     y3[split.val] += np.random.default_rng(4).normal(size=len(split.val))
     other_val = _tuned(tmp_path, "other_val", x, y3)["tuning"]["searches"]["split0"]
-    for method in METHODS:  # (CQR's 27 validation rows are too few for a finite 95% interval: inf either way)
-        if method != "cqr":
-            assert other_val["scores"][method] != search["scores"][method]
+    for method in METHODS:
+        assert other_val["scores"][method] != search["scores"][method]
+    y4 = y.copy()  # other calibration targets: only the methods that calibrate on them move
+    y4[split.cal] += np.random.default_rng(5).normal(size=len(split.cal))
+    other_cal = _tuned(tmp_path, "other_cal", x, y4)["tuning"]["searches"]["split0"]
+    for method in METHODS:
+        moved = other_cal["scores"][method] != search["scores"][method]
+        assert moved == (method in ("pi3nn_cal", "conformal", "cqr")), method
 
 
 def test_every_method_has_a_space_of_budget_knobs():
@@ -68,9 +73,10 @@ def test_every_method_has_a_space_of_budget_knobs():
 def test_gp_bnn_cqr_knobs_change_their_fits():
     from orbit.plugins.pi3nn.methods import FITTERS, SplitData
 
-    x, y = heteroscedastic(200, seed=5, dims=2)
+    x, y = heteroscedastic(240, seed=5, dims=2)
     x, y = x.astype(np.float32), ((y - y.mean()) / y.std()).astype(np.float32)
-    data = SplitData(x[:120], y[:120], x[120:160], y[120:160], x[160:])
+    # 50 calibration rows: CQR (MAPIE) needs >= 2 / (1 - gamma) = 40 for a finite 95% interval
+    data = SplitData(x[:120], y[:120], x[120:150], y[120:150], x[200:], x[150:200], y[150:200])
     base = Budget(steps=20, hidden=8, check_every=10, mc_samples=10)
     for method, params in (("gp", {"gp_kernel": "matern52", "gp_ard": False, "gp_noise_floor": 0.5}),
                            ("bnn", {"bnn_prior_sd": 0.1}), ("cqr", {"cqr_depth": 1, "cqr_estimators": 10})):
@@ -95,7 +101,7 @@ def test_reported_fit_of_a_searched_baseline_is_the_fit_of_its_chosen_setting(tm
     summary = _tuned(tmp_path, "reuse", x, y)
     rows = {r["method"]: r for r in json.loads((tmp_path / "reuse" / "runs.json").read_text())}
     x, y = read_table(tmp_path / "reuse.csv")
-    split = split_rows(len(y), 0.1, 0.1, seed=0)
+    split = _benchmark_split(len(y), 0)
     table = Standardized(x, y, split.train)
     budget = Budget(steps=20, hidden=8, check_every=10, ensemble_members=2, mc_samples=10)
     for method in ("ensemble", "gp", "conformal"):
@@ -124,7 +130,7 @@ def test_bad_tuning_requests_are_refused():
     with pytest.raises(ValueError, match="search space.*at most 9"):
         check_tuning(10, "each", METHODS, TINY)
     with pytest.raises(ValueError, match="same search space"):
-        check_tuning(3, "each", METHODS, {**TINY, "pi3nn_val": TINY["gp"]})
+        check_tuning(3, "each", METHODS, {**TINY, "pi3nn_cal": TINY["gp"]})
     with pytest.raises(ValueError, match="'sometimes'.*each"):
         check_tuning(3, "sometimes", METHODS)
     with pytest.raises(ValueError, match="none of the methods.*searched"):

@@ -1,9 +1,10 @@
 """`orbit uq benchmark`: PI3NN beside the field's interval methods (`methods.py`) on the same splits.
 
 Protocol (UCI regression, as in the PI3NN paper and its predecessors): for split s = 0..S-1 a seeded
-random 90/10 train/test split of the rows; 10% of the training rows are held out as the validation
-part (early stopping of every network, the conformal methods' calibration set); x and y standardised
-with the training part's statistics only; for seed k = 0..K-1 every method is fitted with the seed
+random 90/10 train/test split of the rows; of the training rows 10% are held out as the validation
+part (early stopping of every network, the search's score) and another 10% as the calibration part
+(read only by the methods that calibrate on held-out rows: pi3nn_cal, conformal, cqr); every method
+fits on the remaining 80%; x and y standardised with the fitting rows' statistics only; for seed k = 0..K-1 every method is fitted with the seed
 1000 s + k. Scores on the test rows, in y's units: PICP (fraction inside) and MPIW (mean width / range
 of y over the whole table), mean and std over the S*K fits, and the wall time of each fit.
 
@@ -38,7 +39,8 @@ from .methods import FITTERS, METHODS, Budget, Fitted, SplitData, fit_ensemble, 
 from .trained import calibrator, outputs, train_run
 from .tuning import SPACES, check_tuning, trial_budget, tune
 
-PI3NN_VARIANTS = {"pi3nn": "train", "pi3nn_val": "val"}  # method -> rows of step 4
+PI3NN_VARIANTS = {"pi3nn": "train", "pi3nn_cal": "cal"}  # method -> rows of step 4
+TEST_FRACTION, VAL_FRACTION, CAL_FRACTION = 0.1, 0.1, 0.1  # CAL, VAL: of the rows after the test rows
 
 UCI_SETS = ("boston", "concrete", "energy", "kin8nm", "wine", "yacht")
 DEFAULT_UCI_ROOT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "uci"
@@ -54,20 +56,27 @@ def check_methods(methods) -> list[str]:
 
 def _split_data(table: Standardized, split) -> SplitData:
     return SplitData(table.xn[split.train], table.yn[split.train], table.xn[split.val], table.yn[split.val],
-                     table.xn[split.test])
+                     table.xn[split.test], table.xn[split.cal], table.yn[split.cal])
+
+
+def _benchmark_split(n: int, seed: int):
+    return split_rows(n, TEST_FRACTION, VAL_FRACTION, seed, CAL_FRACTION)
 
 
 def _check_same_rows(task, split) -> None:
-    if not all(np.array_equal(getattr(task.split, part), getattr(split, part)) for part in ("train", "val", "test")):
-        raise RuntimeError("the PI3NN run's train / validation / test rows differ from the benchmark's split")
+    if not all(np.array_equal(getattr(task.split, part), getattr(split, part))
+               for part in ("train", "val", "cal", "test")):
+        raise RuntimeError("the PI3NN run's train / validation / calibration / test rows differ from the benchmark's "
+                           "split")
 
 
-def pi3nn_fits(task, model, x_test: np.ndarray, train_wall: float) -> dict[str, tuple[Fitted, float]]:
-    """Both step-4 variants of one trained PI3NN, each with the training wall time (shared networks)."""
+def pi3nn_fits(task, model, x_test: np.ndarray, train_wall: float,
+               variants=tuple(PI3NN_VARIANTS)) -> dict[str, tuple[Fitted, float]]:
+    """Step-4 variants of one trained PI3NN, each with the training wall time (shared networks)."""
     test = outputs(model, x_test)
     fits = {}
-    for method, rows in PI3NN_VARIANTS.items():
-        cal = calibrator(task, model, rows)
+    for method in variants:
+        cal = calibrator(task, model, PI3NN_VARIANTS[method])
         fits[method] = (Fitted(lambda g, cal=cal: cal.bounds(test[:, 0], test[:, 1], test[:, 2], g), test[:, 0],
                                extra={"calibrator": cal, "outputs": test}), train_wall)
     return fits
@@ -77,6 +86,8 @@ def _pi3nn_run(run_dir: Path, csv, gamma: float, s: int, k: int, budget: Budget,
     """(task, model, wall s) of the PI3NN trainer run of split s, seed k (of search trial `trial`)."""
     start = time.perf_counter()
     overrides = [f"data.csv={Path(csv).resolve()}", f"data.seed={s}", f"train.seed={1000 * s + k}",
+                 f"data.test_fraction={TEST_FRACTION}", f"data.val_fraction={VAL_FRACTION}",
+                 f"data.cal_fraction={CAL_FRACTION}",
                  f"options.confidence={gamma}", *budget.pi3nn_overrides()]
     base = run_dir / "pi3nn" if trial is None else run_dir / "pi3nn" / f"trial{trial}"
     task, model = train_run(base / f"split{s}_seed{k}", overrides)
@@ -108,7 +119,7 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
     runs, searches = [], {}
     label = {m: f"{m}_tuned" if tune_trials and m in spaces else m for m in methods}
     for s in range(splits):
-        split = split_rows(len(y), 0.1, 0.1, seed=s)
+        split = _benchmark_split(len(y), s)
         table = Standardized(x, y, split.train)
         data = _split_data(table, split)
         y_test = y[split.test]
@@ -116,7 +127,7 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
         if tune_trials:
             t = s if tune_on == "each" else 0
             if t not in searches:
-                t_split = split_rows(len(y), 0.1, 0.1, seed=t)
+                t_split = _benchmark_split(len(y), t)
                 t_data = _split_data(Standardized(x, y, t_split.train), t_split)
                 log(f"{Path(csv).stem}: searching {tune_trials} trials on the validation rows of split {t}")
                 searches[t], search_fits = tune(t_data, methods, budget, tune_trials, 1000 * t,
@@ -135,7 +146,7 @@ def run_benchmark(csv: str | Path, run_dir: str | Path, confidence: float = 0.95
                     if tune_trials and k == 0 and s == t:  # the search's own run, reused: its training time
                         trained[trial] = (*trained[trial][:2], _search_wall(searches[t], trial))
                 task, model, wall = trained[trial]
-                fits[variant] = pi3nn_fits(task, model, data.x_test, wall)[variant]
+                fits[variant] = pi3nn_fits(task, model, data.x_test, wall, (variant,))[variant]
             for method in methods:
                 start = time.perf_counter()
                 b = trial_budget(budget, choice[method]["params"]) if method in choice else budget
@@ -326,7 +337,7 @@ def run_ood(run_dir: str | Path, confidence: float = 0.95, seeds: int = 3, n_tra
                              *variant]
                 task, model = train_run(run_dir / "pi3nn" / f"{tag}_seed{k}", overrides)
                 _check_same_rows(task, split)
-                fitted = pi3nn_fits(task, model, data.x_test, 0.0)["pi3nn"][0]
+                fitted = pi3nn_fits(task, model, data.x_test, 0.0, ("pi3nn",))["pi3nn"][0]
                 cal, out = fitted.extra["calibrator"], fitted.extra["outputs"]
                 score = cal.confidence_score(out[:, 1], out[:, 2], gamma)
             else:

@@ -78,20 +78,31 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    cal: np.ndarray  # held-out calibration rows (empty unless cal_fraction > 0)
 
 
-def split_rows(n: int, test_fraction: float, val_fraction: float, seed: int) -> Split:
-    """Random test rows (the protocol's 90/10), then a validation part of the remaining training rows."""
+def split_rows(n: int, test_fraction: float, val_fraction: float, seed: int, cal_fraction: float = 0.0) -> Split:
+    """Random test rows (the protocol's 90/10), then of the remaining rows a validation part (early
+    stopping, model choice) and, with cal_fraction > 0, a calibration part that no fit, early stop or
+    choice reads: a held-out interval calibration is exact only on rows the networks never saw.
+    cal_fraction = 0 gives the same train / validation / test rows as before the calibration part."""
     for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0.0 < value < 1.0:
             raise ValueError(f"{name}={value} must be in (0, 1)")
+    if not 0.0 <= cal_fraction < 1.0 or val_fraction + cal_fraction >= 1.0:
+        raise ValueError(f"cal_fraction={cal_fraction} must be in [0, 1) with val_fraction + cal_fraction < 1 "
+                         f"(val_fraction={val_fraction})")
     order = np.random.default_rng([seed, 17]).permutation(n)
     n_test = max(1, int(round(n * test_fraction)))
     rest = order[n_test:]
     n_val = max(1, int(round(len(rest) * val_fraction)))
-    if len(rest) - n_val < 10:
-        raise ValueError(f"{n} rows leave {len(rest) - n_val} training rows; need >= 10")
-    return Split(np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.sort(order[:n_test]))
+    n_cal = int(round(len(rest) * cal_fraction)) if cal_fraction > 0 else 0
+    if cal_fraction > 0 and n_cal < 2:
+        raise ValueError(f"cal_fraction={cal_fraction} of {len(rest)} rows leaves {n_cal} calibration rows; need >= 2")
+    if len(rest) - n_val - n_cal < 10:
+        raise ValueError(f"{n} rows leave {len(rest) - n_val - n_cal} training rows; need >= 10")
+    return Split(np.sort(rest[n_val + n_cal:]), np.sort(rest[:n_val]), np.sort(order[:n_test]),
+                 np.sort(rest[n_val:n_val + n_cal]))
 
 
 class Standardized:

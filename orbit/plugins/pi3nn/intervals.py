@@ -131,7 +131,8 @@ class IntervalCalibrator:
 
 
 class HeldOutCalibrator(IntervalCalibrator):
-    """Step 4 on held-out rows (residuals f did not see), with split conformal's finite-sample rank.
+    """Step 4 on held-out calibration rows (no network trained, early-stopped or chosen on them), with
+    split conformal's finite-sample rank.
 
     The training-row rule (exactly k = floor(n (1 - gamma) / 2) points outside on each side) covers new
     points less often than gamma when n is small (n = 45, gamma 0.95: ~0.94, tests/unit/test_pi3nn.py). Here alpha = beta = q, the ceil((n + 1) gamma)-th smallest of the scores
@@ -161,10 +162,15 @@ class HeldOutCalibrator(IntervalCalibrator):
         return np.minimum(cal_width / np.maximum(np.asarray(u) + np.asarray(l), 1e-300), 1.0)
 
 
+CALIBRATE_ON = ("train", "cal")
+
+
 def make_calibrator(calibrate_on: str, y, f, u, l) -> IntervalCalibrator:
-    """Step 4 on the training rows ("train": the paper's exact count) or held-out validation rows ("val")."""
-    if calibrate_on not in ("train", "val"):
-        raise ValueError(f"calibrate_on={calibrate_on!r} must be 'train' (the paper) or 'val'")
+    """Step 4 on the training rows ("train": the paper's exact count) or the held-out calibration rows
+    ("cal", `HeldOutCalibrator`)."""
+    if calibrate_on not in CALIBRATE_ON:
+        raise ValueError(f"calibrate_on={calibrate_on!r} must be 'train' (the paper) or 'cal' (held-out "
+                         f"calibration rows)")
     return (IntervalCalibrator if calibrate_on == "train" else HeldOutCalibrator)(y, f, u, l)
 
 

@@ -8,7 +8,13 @@ PI3NN is not fitted here: the benchmark trains it through the one trainer (`trai
 `orbit train` does, and reports two step-4 variants of the same three networks:
 
 - pi3nn     alpha, beta by bisection on the training rows (the paper);
-- pi3nn_val alpha, beta on the validation rows: residuals the mean network did not see.
+- pi3nn_cal alpha = beta on the calibration rows (split conformal's rank, `HeldOutCalibrator`): rows no
+            network trained, early-stopped or was chosen on.
+
+Rows (`SplitData`): every method fits on the training rows and early-stops on the validation rows (the
+search scores trials there too); the calibration rows are read only by the three methods that
+calibrate on held-out rows (pi3nn_cal, conformal, cqr), so their coverage guarantee is not spent on
+rows the networks or the search have already looked at.
 
 The baselines:
 - ensemble  deep ensemble (Lakshminarayanan et al. 2017): 5 MLPs with a Gaussian likelihood (mean and
@@ -22,11 +28,11 @@ The baselines:
             library fits): N(0, `bnn_prior_sd`^2) prior, Gaussian posteriors, learned homoscedastic noise,
             100 samples.
 - conformal split conformal (MAPIE SplitConformalRegressor, absolute residual score) around an MLP trained
-            on the training rows, conformalised on the validation rows.
+            on the training rows, conformalised on the calibration rows.
 - cqr       conformalized quantile regression (MAPIE ConformalizedQuantileRegressor) with scikit-learn
             gradient-boosting quantile regressors (the MAPIE reference setup; `cqr_*` their trees),
             conformalised on the
-            validation rows; its quantile models are trained for one gamma (no calibration curve).
+            calibration rows; its quantile models are trained for one gamma (no calibration curve).
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ from torch import nn
 
 from .model import mlp
 
-METHODS = ("pi3nn", "pi3nn_val", "ensemble", "mc_dropout", "gp", "bnn", "conformal", "cqr")
+METHODS = ("pi3nn", "pi3nn_cal", "ensemble", "mc_dropout", "gp", "bnn", "conformal", "cqr")
 # baselines whose interval at a row depends on that row alone (MC dropout's masks are drawn for the whole batch)
 ROW_WISE = ("ensemble", "gp", "bnn", "conformal", "cqr")
 
@@ -88,6 +94,14 @@ class SplitData:
     x_val: np.ndarray
     y_val: np.ndarray
     x_test: np.ndarray
+    x_cal: np.ndarray | None = None  # held-out calibration rows: pi3nn_cal, conformal and cqr only
+    y_cal: np.ndarray | None = None
+
+    def calibration_rows(self, method: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.x_cal is None or len(self.x_cal) == 0:
+            raise ValueError(f"{method} calibrates on held-out rows: this split has no calibration part "
+                             f"(cal_fraction > 0)")
+        return self.x_cal, self.y_cal
 
 
 @dataclass
@@ -331,20 +345,15 @@ class TorchMLPRegressor:
 def fit_conformal(data: SplitData, budget: Budget, seed: int) -> Fitted:
     from mapie.regression import SplitConformalRegressor
 
-    # the MLP keeps its best state by a 10% part of its own training rows, so the validation rows
-    # stay exchangeable with the test rows for the conformal step
-    rows = np.random.default_rng([seed, 9]).permutation(len(data.x_train))
-    n_es = max(1, len(rows) // 10)
-    es, fit_rows = rows[:n_es], rows[n_es:]
-    est = TorchMLPRegressor(budget, seed, data.x_train[es], data.y_train[es]).fit(data.x_train[fit_rows],
-                                                                                data.y_train[fit_rows])
+    x_cal, y_cal = data.calibration_rows("conformal")
+    est = TorchMLPRegressor(budget, seed, data.x_val, data.y_val).fit(data.x_train, data.y_train)
     mean = est.predict(data.x_test)
     cache: dict[float, tuple] = {}
 
     def interval(gamma):
         if gamma not in cache:
             scr = SplitConformalRegressor(est, confidence_level=gamma, prefit=True)
-            scr.conformalize(data.x_val, data.y_val)
+            scr.conformalize(x_cal, y_cal)
             try:
                 _, pis = scr.predict_interval(data.x_test)
                 cache[gamma] = (pis[:, 0, 0].astype(np.float64), pis[:, 1, 0].astype(np.float64))
@@ -357,6 +366,7 @@ def fit_conformal(data: SplitData, budget: Budget, seed: int) -> Fitted:
 
 def fit_cqr(data: SplitData, budget: Budget, seed: int) -> Fitted:
     gamma = budget.confidence
+    x_cal, y_cal = data.calibration_rows("cqr")
     from mapie.regression import ConformalizedQuantileRegressor
     from sklearn.ensemble import GradientBoostingRegressor
 
@@ -365,7 +375,7 @@ def fit_cqr(data: SplitData, budget: Budget, seed: int) -> Fitted:
                                     random_state=seed)
     cqr = ConformalizedQuantileRegressor(est, confidence_level=gamma, prefit=False)
     cqr.fit(data.x_train, data.y_train)
-    cqr.conformalize(data.x_val, data.y_val)
+    cqr.conformalize(x_cal, y_cal)
     try:
         pred, pis = cqr.predict_interval(data.x_test)
         lower, upper = pis[:, 0, 0].astype(np.float64), pis[:, 1, 0].astype(np.float64)

@@ -8,8 +8,9 @@ Phases (`Task.phases`), each with its own AdamW over one network, checkpointed a
   3. "lower" (module `lower`, `options.bound_steps`): MSE of l(x) against f(x) - y on the points with y < f(x).
 Evaluation: each phase's own loss on the validation rows (`val_mean_loss`, `val_upper_loss`,
 `val_lower_loss`, standardised units; `train.select_best: val_{phase}_loss` early-stops each network on
-it), then step 4: alpha, beta by bisection on the training rows (`options.calibrate_on: val`: on the
-validation rows, with split conformal's finite-sample rank, `HeldOutCalibrator`) for `options.confidence`, then test
+it), then step 4: alpha, beta by bisection on the training rows (`options.calibrate_on: cal`: on a
+calibration part of `data.cal_fraction` of the training rows that no network trains or early-stops on,
+with split conformal's finite-sample rank, `HeldOutCalibrator`) for `options.confidence`, then test
 and validation PICP / MPIW, a calibration curve (PICP against gamma 0.5..0.99, no retraining) and the
 per-input confidence score min(mean training width / width(x), 1). Units: the networks see x and y
 standardised with training-row statistics; intervals are reported in y's units.
@@ -31,7 +32,7 @@ from orbit.registry import register_task
 from orbit.train.task import Phase, Task
 
 from .data import Standardized, cubic, heteroscedastic, read_table, split_rows
-from .intervals import (CALIBRATION_LEVELS, IntervalCalibrator, calibration_curve, check_confidence, make_calibrator,
+from .intervals import (CALIBRATE_ON, CALIBRATION_LEVELS, IntervalCalibrator, calibration_curve, check_confidence, make_calibrator,
                         mpiw, picp)
 from .model import PI3NN, PI3NNConfig
 
@@ -54,6 +55,7 @@ class PI3NNDataConfig(DataConfig):
     n_samples: int = 2000
     test_fraction: float = 0.1
     val_fraction: float = 0.1  # of the rows left after the test rows
+    cal_fraction: float = 0.0  # of those rows again: the calibration part of options.calibrate_on: cal
     seed: int = 0  # of the synthetic set and of the split (the sample order uses train.seed)
     batch_size: int = 64
 
@@ -66,6 +68,9 @@ class PI3NNDataConfig(DataConfig):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"data.{name}={value} must be in the open interval (0, 1)")
+        if not 0.0 <= self.cal_fraction < 1.0 - self.val_fraction:
+            raise ValueError(f"data.cal_fraction={self.cal_fraction} must be in [0, 1 - data.val_fraction) "
+                             f"(0: no calibration part)")
 
 
 @dataclass
@@ -80,12 +85,13 @@ class PI3NNOptions:
     bound_lr: float | None = None  # None: train.lr
     bound_weight_decay: float | None = None  # AdamW weight decay of u and l; None: train.weight_decay
     calibration_levels: list[float] = field(default_factory=lambda: list(CALIBRATION_LEVELS))
-    calibrate_on: str = "train"  # step 4 on the training rows (the paper) or "val" (residuals f did not see)
+    calibrate_on: str = "train"  # step 4 on the training rows (the paper) or "cal" (data.cal_fraction's rows)
 
     def validate(self) -> None:
         check_confidence(self.confidence, "options.confidence")
-        if self.calibrate_on not in ("train", "val"):
-            raise ValueError(f"options.calibrate_on={self.calibrate_on!r} must be 'train' (the paper) or 'val'")
+        if self.calibrate_on not in CALIBRATE_ON:
+            raise ValueError(f"options.calibrate_on={self.calibrate_on!r} must be 'train' (the paper) or 'cal' "
+                             f"(held-out calibration rows, data.cal_fraction > 0)")
         for gamma in self.calibration_levels:
             check_confidence(gamma, "options.calibration_levels entry")
         if self.bound_weight_decay is not None and self.bound_weight_decay < 0:
@@ -130,8 +136,10 @@ class PI3NNTask(Task):
         self.cfg = cfg
         self.options: PI3NNOptions = cfg.options if cfg.options is not None else PI3NNOptions()
         d = cfg.data
+        if self.options.calibrate_on == "cal" and d.cal_fraction == 0:
+            raise ValueError("options.calibrate_on=cal needs calibration rows: give data.cal_fraction > 0, e.g. 0.1")
         x, y = load_xy(d)
-        self.split = split_rows(len(y), d.test_fraction, d.val_fraction, d.seed)
+        self.split = split_rows(len(y), d.test_fraction, d.val_fraction, d.seed, d.cal_fraction)
         self.table = Standardized(x, y, self.split.train)
         self.y_range = float(np.ptp(self.table.y))
         self._last: dict[str, Any] | None = None
@@ -168,7 +176,7 @@ class PI3NNTask(Task):
         return np.concatenate(out).astype(np.float64)
 
     def calibrator(self, engine) -> IntervalCalibrator:
-        rows = self.split.train if self.options.calibrate_on == "train" else self.split.val
+        rows = getattr(self.split, self.options.calibrate_on)
         f, u, l = self.network_outputs(engine, rows).T
         return make_calibrator(self.options.calibrate_on, self.table.yn[rows], f, u, l)
 
@@ -214,7 +222,7 @@ class PI3NNTask(Task):
         self._last = {"pred": pred, "lower": lower, "upper": upper, "score": score,
                       "slice": self._slice(engine, cal, gamma)}
         return {"scalars": scalars, "confidence": gamma, "calibration": curves,
-                "rows": {"train": len(self.split.train), "val": len(self.split.val), "test": len(self.split.test)}}
+                "rows": {part: len(getattr(self.split, part)) for part in ("train", "val", "cal", "test")}}
 
     def _slice(self, engine, cal: IntervalCalibrator, gamma: float) -> dict[str, np.ndarray]:
         """The interval along x0 (other inputs at their training mean), reaching 50% of x0's training

@@ -3,7 +3,7 @@
 `configs/plugins/pi3nn/benchmark.yaml` plus the benchmark's overrides. A finished run with the same
 config is reused and an interrupted one resumes from its newest checkpoint, so a re-launched benchmark
 picks up where it stopped. The trained networks are then loaded back and calibrated (step 4) on the
-training rows (the paper) or on the validation rows.
+training rows (the paper) or on the held-out calibration rows.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def outputs(model, xn: np.ndarray) -> np.ndarray:
 
 
 def calibrator(task, model, calibrate_on: str) -> IntervalCalibrator:
-    """Step 4 on the run's training rows ("train", the paper) or its validation rows ("val")."""
-    rows = task.split.train if calibrate_on == "train" else task.split.val
+    """Step 4 on the run's training rows ("train", the paper) or its calibration rows ("cal")."""
+    rows = getattr(task.split, calibrate_on)
     f, u, l = outputs(model, task.table.xn[rows]).T
     return make_calibrator(calibrate_on, task.table.yn[rows], f, u, l)

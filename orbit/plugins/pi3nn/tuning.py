@@ -32,8 +32,10 @@ rows (Gneiting & Raftery 2007, eq. 43; standardised units),
 
 a proper score for a central interval: it rewards width and coverage together. PI3NN's two step-4
 variants share the networks but are scored apart: `pi3nn` with alpha, beta bisected on the training
-rows (the paper), `pi3nn_val` with alpha, beta bisected on the validation rows themselves (two scalars
-fitted per trial, the same small optimism for every trial). The test rows are never read.
+rows (the paper), `pi3nn_cal` with alpha = beta from the calibration rows. The methods that calibrate
+on held-out rows (pi3nn_cal, conformal, cqr) calibrate every trial on the calibration rows and are
+scored on the validation rows, so neither early stopping nor the choice of a trial reads the rows
+whose coverage guarantee they rely on. The test rows are never read.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ from .trained import calibrator, outputs
 NETWORK_SPACE: dict[str, list] = {"lr": [1e-3, 3e-3, 1e-2], "hidden": [32, 64, 128],
                                   "weight_decay": [0.0, 0.1, 1.0, 5.0], "steps": [1000, 1500, 2000]}
 SPACES: dict[str, dict[str, list]] = {
-    **{m: NETWORK_SPACE for m in ("pi3nn", "pi3nn_val", "ensemble", "mc_dropout", "conformal")},
+    **{m: NETWORK_SPACE for m in ("pi3nn", "pi3nn_cal", "ensemble", "mc_dropout", "conformal")},
     "bnn": {"lr": [1e-3, 3e-3, 1e-2], "hidden": [32, 64, 128], "steps": [1000, 1500, 2000],
             "bnn_prior_sd": [0.1, 0.3, 1.0, 3.0]},
     "gp": {"gp_kernel": ["rbf", "matern52"], "gp_ard": [True, False], "gp_noise_floor": [1e-5, 1e-3, 1e-2, 1e-1]},
@@ -77,8 +79,8 @@ def check_tuning(trials: int, tune_on: str, methods: list[str], spaces: dict[str
         smallest = min(sizes, key=sizes.get)
         raise ValueError(f"--tune-trials={trials} exceeds the {sizes[smallest]} settings of {smallest}'s search space "
                          f"plus the shipped one; give at most {sizes[smallest] + 1} (the same number for every method)")
-    if "pi3nn" in spaces and "pi3nn_val" in spaces and spaces["pi3nn"] != spaces["pi3nn_val"]:
-        raise ValueError("pi3nn and pi3nn_val share their trained networks: give them the same search space")
+    if "pi3nn" in spaces and "pi3nn_cal" in spaces and spaces["pi3nn"] != spaces["pi3nn_cal"]:
+        raise ValueError("pi3nn and pi3nn_cal share their trained networks: give them the same search space")
     if tune_on not in TUNE_ON:
         raise ValueError(f"--tune-on={tune_on!r} must be one of {list(TUNE_ON)}")
     if trials and not sizes:
@@ -140,17 +142,17 @@ def tune(data: SplitData, methods: list[str], budget: Budget, trials: int, seed:
         for i, params in enumerate(trial_params[method]):
             b = trial_budget(budget, params)
             start = time.perf_counter()
-            if method in ("pi3nn", "pi3nn_val"):
+            if method in ("pi3nn", "pi3nn_cal"):
                 task, model = pi3nn_run(b, i)
                 f, u, l = outputs(model, data.x_val).T
-                cal = calibrator(task, model, "train" if method == "pi3nn" else "val")
+                cal = calibrator(task, model, "train" if method == "pi3nn" else "cal")
                 lower, upper = cal.bounds(f, u, l, gamma)
             elif method in ROW_WISE:
                 fitted = FITTERS[method](both, b, seed)
                 lower, upper = (a[:n_val] for a in fitted.interval(gamma))
             else:
                 lower, upper = FITTERS[method](val, b, seed).interval(gamma)
-            walls.append(time.perf_counter() - start)  # pi3nn_val reuses pi3nn's trained runs: ~0
+            walls.append(time.perf_counter() - start)  # pi3nn_cal reuses pi3nn's trained runs: ~0
             scores.append(interval_score(data.y_val, lower, upper, gamma))
             if method in ROW_WISE and (i == 0 or scores[-1] < best_so_far[method]):  # argmin's choice: the first best
                 best_so_far[method] = scores[-1]
