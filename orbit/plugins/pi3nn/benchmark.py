@@ -4,8 +4,8 @@ Protocol (UCI regression, as in the PI3NN paper and its predecessors): for split
 random 90/10 train/test split of the rows; of the training rows 10% are held out as the validation
 part (early stopping of every network, the search's score) and another 10% as the calibration part
 (read only by the methods that calibrate on held-out rows: pi3nn_cal, conformal, cqr); every method
-fits on the remaining 80%; x and y standardised with the fitting rows' statistics only; for seed k = 0..K-1 every method is fitted with the seed
-1000 s + k. Scores on the test rows, in y's units: PICP (fraction inside) and MPIW (mean width / range
+fits on the remaining 80%; x and y standardised with the fitting rows' statistics only; for seed
+k = 0..K-1 every method is fitted with the seed 1000 s + k. Scores on the test rows, in y's units: PICP (fraction inside) and MPIW (mean width / range
 of y over the whole table), mean and std over the S*K fits, and the wall time of each fit.
 
 PI3NN is trained through the one trainer (`trained.py`): a run of task "pi3nn" per split and seed in
