@@ -70,6 +70,32 @@ def test_every_method_has_a_space_of_budget_knobs():
         assert all(len(v) == len(set(v)) >= 2 for v in space.values()), method
 
 
+def test_bound_weight_decay_reaches_the_pi3nn_run_config():
+    from orbit.config import load_config
+    from orbit.plugins.pi3nn.trained import BENCHMARK_CONFIG
+
+    assert "bound_weight_decay" in SPACES["pi3nn"] and "bound_weight_decay" not in SPACES["ensemble"]
+    shipped = load_config(BENCHMARK_CONFIG, Budget().pi3nn_overrides())
+    decayed = load_config(BENCHMARK_CONFIG, Budget(bound_weight_decay=5.0).pi3nn_overrides())
+    assert (shipped.options.bound_weight_decay, decayed.options.bound_weight_decay) == (0.0, 5.0)
+
+
+def test_a_rerun_with_one_space_changed_searches_only_that_method_again(tmp_path):
+    x, y = heteroscedastic(300, seed=3, dims=2)
+    csv = _csv(tmp_path / "toy.csv", x, y)
+    budget = Budget(steps=20, hidden=8, check_every=10, ensemble_members=2, mc_samples=10)
+    methods = ["pi3nn", "pi3nn_cal", "mc_dropout", "gp"]
+    first = run_benchmark(csv, tmp_path / "run", splits=1, methods=methods, budget=budget, tune_trials=3,
+                          spaces=TINY, log=lambda *_: None)
+    lines = []
+    other_gp = {**TINY, "gp": {**TINY["gp"], "gp_noise_floor": [1e-3, 1e-1]}}
+    second = run_benchmark(csv, tmp_path / "run", splits=1, methods=methods, budget=budget, tune_trials=3,
+                           spaces=other_gp, log=lines.append)
+    assert {line.split()[1] for line in lines if line.startswith("  tune ")} == {"gp"}
+    before, after = (r["tuning"]["searches"]["split0"]["scores"] for r in (first, second))
+    assert all(after[m] == before[m] for m in ("pi3nn", "pi3nn_cal", "mc_dropout"))
+
+
 def test_gp_bnn_cqr_knobs_change_their_fits():
     from orbit.plugins.pi3nn.methods import FITTERS, SplitData
 

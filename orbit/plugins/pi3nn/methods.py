@@ -67,6 +67,8 @@ class Budget:
     # AdamW weight decay of the weight matrices; None: each method's shipped setting (the baselines: none,
     # PI3NN: its config's train.weight_decay on f). Set by the per-set search (`tuning.py`).
     weight_decay: float | None = None
+    # PI3NN's u and l only (`options.bound_weight_decay`); None: the config's 0, which keeps the OOD widening
+    bound_weight_decay: float | None = None
     # the knobs of the non-network baselines (defaults: the shipped settings; searched by `tuning.py`)
     gp_kernel: str = "rbf"  # "rbf" or "matern52"
     gp_ard: bool = True  # one length scale per input, or one for all
@@ -81,6 +83,8 @@ class Budget:
         """The same budget for PI3NN's trainer runs (the rest of its settings: configs/plugins/pi3nn/benchmark.yaml)."""
         h, n = self.hidden, self.steps
         decay = [] if self.weight_decay is None else [f"train.weight_decay={self.weight_decay}"]
+        if self.bound_weight_decay is not None:
+            decay.append(f"options.bound_weight_decay={self.bound_weight_decay}")
         return [f"model.hidden=[{h},{h}]", f"train.max_steps={n}", f"options.bound_steps={n}", f"train.ckpt_every={n}",
                 f"data.batch_size={self.batch_size}", f"train.lr={self.lr}", *decay]
 
