@@ -14,13 +14,14 @@ from orbit.plugins.pi3nn.methods import METHODS, Budget
 def test_ood_case_writes_widths_scores_and_coverage(tmp_path):
     summary = run_ood(tmp_path, seeds=1, n_train=300, n_test=100, budget=Budget(steps=40, hidden=16), log=lambda *_: None)
     assert set(summary["methods"]) == {"pi3nn (OOD init)", "pi3nn (no OOD init)", "pi3nn (OOD init, no weight decay)",
-                                        "pi3nn (OOD init, weight decay on f, u, l)", "ensemble", "mc_dropout"}
+                                        "pi3nn (OOD init, weight decay on f, u, l)",
+                                        "pi3nn (OOD init, weight decay 1 on u, l only)", "ensemble", "mc_dropout"}
     for entry in summary["methods"].values():
         assert entry["width_id"]["mean"] > 0 and entry["ratio"]["mean"] > 0
         assert 0 <= entry["score_ood"]["mean"] <= 1 and 0 <= entry["picp_id"]["mean"] <= 1
     assert "ratio OOD/ID" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "width_vs_distance.png").is_file()
-    assert len(json.loads((tmp_path / "runs.json").read_text())) == 6
+    assert len(json.loads((tmp_path / "runs.json").read_text())) == 7
 
 
 def test_cubic_ood_inputs_are_shifted_and_splits_are_90_10():
