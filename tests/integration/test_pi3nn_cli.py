@@ -86,3 +86,18 @@ def test_uq_benchmark_errors_name_the_value_and_what_is_valid(tmp_path, capsys):
     assert main(["uq", "benchmark", "--csv", str(csv), "--tune-trials", "40", "--methods", "gp", "--run-dir",
                  str(tmp_path / "r")]) == 2
     assert "--tune-trials=40 exceeds the 16 settings of gp's search space" in capsys.readouterr().err
+
+
+def test_uq_benchmark_uci_suite_searches_and_writes_one_table(tmp_path):
+    """`--suite uci` on one shared set (yacht, 308 rows) with the search: the held-out calibration variant,
+    its searched u/l decay knob and the suite's Markdown + JSON table."""
+    run = tmp_path / "suite"
+    done = _orbit(["uq", "benchmark", "--suite", "uci", "--datasets", "yacht", "--splits", "1", "--seeds", "1",
+                   "--steps", "30", "--methods", "pi3nn", "pi3nn_cal", "conformal", "--tune-trials", "2",
+                   "--run-dir", str(run)])
+    assert done.returncode == 0, done.stderr[-4000:]
+    table = json.loads((run / "uci_table.json").read_text())
+    assert set(table["yacht"]["methods"]) == {"pi3nn_tuned", "pi3nn_cal_tuned", "conformal_tuned"}
+    search = table["yacht"]["tuning"]["searches"]["split0"]
+    assert "bound_weight_decay" in search["trials"]["pi3nn_cal"][1]
+    assert "| yacht |" in (run / "uci_table.md").read_text()
